@@ -1,0 +1,1 @@
+"""The entry-script contract: loading, input modes, the scoring pipeline, Swagger and model paths."""

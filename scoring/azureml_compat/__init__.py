@@ -1,0 +1,1 @@
+"""Stand-ins for the `azureml.*` modules that entry scripts import (see compat.py)."""

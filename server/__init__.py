@@ -1,0 +1,1 @@
+"""HTTP: the Starlette app, routes, errors, settings and the `mlscore` CLI."""
