@@ -1,3 +1,66 @@
-def main():
-    print("hi")
-    return 0
+"""The `mlscore` command line: `mlscore serve …` and `mlscore --version`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mlscore import __version__
+from mlscore.server.settings import EXECUTORS, LOG_LEVELS, Settings, SettingsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlscore", description="Serve Azure-ML-style entry scripts (init()/run()).")
+    parser.add_argument("--version", action="version", version=f"mlscore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve an entry script over HTTP",
+                                description="Serve an entry script's run() on /score.")
+    serve.add_argument("--entry-script", dest="entry_script", help="the script with init() and run() "
+                       "(env AZUREML_ENTRY_SCRIPT; relative paths are taken against --app-root)")
+    serve.add_argument("--model-dir", dest="model_dir", help="the model folder (env AZUREML_MODEL_DIR)")
+    serve.add_argument("--app-root", dest="app_root", help="the app folder (env AML_APP_ROOT; default: cwd)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on (default 5001)")
+    serve.add_argument("--config", type=Path, help="JSON file whose keys are the environment variables' names")
+    serve.add_argument("--deploy-config", dest="deploy_config", type=Path,
+                       help="deployment-config JSON (maxConcurrentRequestsPerContainer, maxQueueWaitMs, scoringTimeoutMs)")
+    serve.add_argument("--log-level", dest="log_level", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
+    admission = serve.add_argument_group("admission")
+    admission.add_argument("--max-concurrent-requests", dest="max_concurrent_requests",
+                           help="requests in run() at once per replica (default 1)")
+    admission.add_argument("--max-queue-wait-ms", dest="max_queue_wait_ms",
+                           help="longest wait for a scoring slot before a 503 (default 500)")
+    admission.add_argument("--scoring-timeout-ms", dest="scoring_timeout_ms",
+                           help="longest run() before a 504 (default 60000)")
+    admission.add_argument("--max-queue-size", dest="max_queue_size", help="requests that may wait (default 1024)")
+    admission.add_argument("--executor", help=f"one of {', '.join(EXECUTORS)} (default processes)")
+    admission.add_argument("--workers", help="scoring processes (env WORKER_COUNT; default: the concurrency limit)")
+    security = serve.add_argument_group("security and limits")
+    security.add_argument("--auth-key", dest="auth_key", action="append", default=[],
+                          help="require 'Authorization: Bearer KEY' on /score (give once or twice)")
+    security.add_argument("--cors-origins", dest="cors_origins", help="comma-separated origins or * (env AML_CORS_ORIGINS)")
+    security.add_argument("--max-body-bytes", dest="max_body_bytes", help="largest request body (default 100 MiB)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    from mlscore.server import runner  # imported here so `--version` and `--help` stay instant
+
+    cli = {key: value for key, value in vars(args).items() if key not in ("command", "config", "deploy_config")}
+    try:
+        settings = Settings.build(cli, config_file=args.config, deploy_config=args.deploy_config)
+    except SettingsError as error:
+        print(f"mlscore: error: {error}", file=sys.stderr)
+        return runner.EXIT_BAD_SETTINGS
+    return runner.run(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

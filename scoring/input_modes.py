@@ -1,0 +1,272 @@
+"""How a request becomes run()'s arguments, decided once per script: schema-decorated, plain or raw HTTP.
+
+Each mode turns a RawRequest into positional and keyword arguments for run(), or raises BadInput
+with the status and the message the client gets.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+import orjson
+from inference_schema.parameter_types.abstract_parameter_type import AbstractParameterType
+from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
+from inference_schema.schema_decorators import _deserialize_input_argument
+from inference_schema.schema_util import is_schema_decorated
+from starlette.datastructures import Headers
+
+from mlscore.scoring.azureml_compat.aml_request import RAWHTTP_ATTR, AMLRequest
+from mlscore.scoring.entry_script import EntryScriptError, innermost, run_parameters
+from mlscore.scoring.messages import RawRequest
+
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]
+REQUEST_HEADERS = "request_headers"
+
+
+class BadInput(Exception):
+    """A request run() cannot be called with; `status` is 400 or 415 and `message` says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class PlainMode:
+    """An undecorated `run(data)`: the body as a UTF-8 string (GET: the query as a JSON object)."""
+
+    name = "plain"
+
+    def __init__(self, data_parameter: str, wants_headers: bool) -> None:
+        self._data_parameter = data_parameter
+        self._wants_headers = wants_headers
+
+    def arguments(self, request: RawRequest) -> Arguments:
+        if request.method == "GET":
+            data = orjson.dumps(_query_values(request.query)).decode()
+        else:
+            try:
+                data = request.body.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise BadInput(400, f"Input cannot be decoded as UTF-8: {error}") from None
+        kwargs = {self._data_parameter: data}
+        if self._wants_headers:
+            kwargs[REQUEST_HEADERS] = _title_case_headers(request)
+        return (), kwargs
+
+    def warmup_arguments(self) -> Arguments | None:
+        return None
+
+
+class RawHttpMode:
+    """A `@rawhttp` run(request): the whole request as an AMLRequest."""
+
+    name = "rawhttp"
+
+    def arguments(self, request: RawRequest) -> Arguments:
+        headers = Headers(raw=request.headers)
+        return (AMLRequest(request.method, request.path, headers, request.query, request.body),), {}
+
+    def warmup_arguments(self) -> Arguments | None:
+        return None
+
+
+@dataclass(slots=True)
+class SchemaParameter:
+    name: str
+    param_type: AbstractParameterType | None  # None: a run() parameter without an input_schema
+    required: bool
+    expected: str  # what the client must send, for error messages
+
+
+class SchemaMode:
+    """A run() decorated with inference-schema: arguments by name from a JSON object (GET: the query),
+    each decoded to its sample's type before run() is called, so bad input is a 400 naming the parameter."""
+
+    name = "schema"
+
+    def __init__(self, parameters: list[SchemaParameter], wants_headers: bool) -> None:
+        self.parameters = parameters
+        self._wants_headers = wants_headers
+
+    def arguments(self, request: RawRequest) -> Arguments:
+        payload = _query_values(request.query) if request.method == "GET" else _json_object(request)
+        kwargs: dict[str, Any] = {}
+        for parameter in self.parameters:
+            if parameter.name not in payload:
+                if parameter.required:
+                    raise BadInput(400, f"A value is not provided for the '{parameter.name}' parameter.")
+                continue
+            kwargs[parameter.name] = _decode(parameter, payload[parameter.name])
+        if self._wants_headers:
+            kwargs[REQUEST_HEADERS] = _title_case_headers(request)
+        return (), kwargs
+
+    def warmup_arguments(self) -> Arguments | None:
+        """The input samples as run()'s arguments; None when a required parameter has no sample."""
+        kwargs = {}
+        for parameter in self.parameters:
+            if parameter.param_type is None:
+                if parameter.required:
+                    return None
+                continue
+            kwargs[parameter.name] = _copy_sample(parameter.param_type.sample_input)
+        if self._wants_headers:
+            kwargs[REQUEST_HEADERS] = {}
+        return (), kwargs
+
+
+InputMode = PlainMode | RawHttpMode | SchemaMode
+
+
+def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
+    """The mode of a loaded script's run(); contradictions are load errors."""
+    rawhttp = bool(getattr(innermost(run), RAWHTTP_ATTR, False) or getattr(run, RAWHTTP_ATTR, False))
+    decorated = is_schema_decorated(run)
+    if rawhttp and decorated:
+        raise EntryScriptError(path, "run() cannot be both @rawhttp and decorated with input/output schemas")
+    parameters = run_parameters(path, run)
+    if rawhttp:
+        return RawHttpMode()
+    wants_headers = any(p.name == REQUEST_HEADERS for p in parameters)
+    data_parameters = [p for p in parameters if p.name != REQUEST_HEADERS]
+    if not decorated or not _schema_types(run):
+        return PlainMode(data_parameters[0].name, wants_headers)
+    types = _schema_types(run)
+    unknown = set(types) - {p.name for p in data_parameters}
+    if unknown:
+        raise EntryScriptError(path, f"input_schema names {sorted(unknown)}, which run() does not take")
+    schema_parameters = []
+    for parameter in data_parameters:
+        param_type, optional = types.get(parameter.name, (None, False))
+        required = parameter.default is inspect.Parameter.empty and not optional
+        schema_parameters.append(SchemaParameter(parameter.name, param_type, required, _expected(param_type)))
+    return SchemaMode(schema_parameters, wants_headers)
+
+
+def _schema_types(run: Callable[..., Any]) -> dict[str, tuple[AbstractParameterType, bool]]:
+    """The input_schema decorators' parameter types, found in the closures of inference-schema's
+    wrappers (the library keeps them nowhere else)."""
+    found: dict[str, tuple[AbstractParameterType, bool]] = {}
+    func: Any = run
+    for _ in range(100):
+        wrapper = getattr(func, "_self_wrapper", None)
+        if wrapper is not None and getattr(wrapper, "__closure__", None):
+            names = inspect.getclosurevars(wrapper).nonlocals
+            if isinstance(names.get("param_type"), AbstractParameterType) and "param_name" in names:
+                found.setdefault(names["param_name"], (names["param_type"], bool(names.get("optional", False))))
+        if not hasattr(func, "__wrapped__"):
+            break
+        func = func.__wrapped__
+    return found
+
+
+def _json_object(request: RawRequest) -> dict[str, Any]:
+    content_type = request.header(b"content-type")
+    if content_type is not None and not _is_json_type(content_type):
+        raise BadInput(
+            415, f"Expects Content-Type to be application/json, got {content_type.decode('latin-1')!r}."
+        )
+    if not request.body.strip():
+        raise BadInput(400, "POST body is empty. Expecting a JSON dictionary.")
+    try:
+        payload = orjson.loads(request.body)
+    except orjson.JSONDecodeError as error:
+        raise BadInput(400, f"POST body could not be decoded as JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise BadInput(400, f"POST body should be a JSON dictionary, got a JSON {_json_kind(payload)}.")
+    return payload
+
+
+def _is_json_type(content_type: bytes) -> bool:
+    mimetype = content_type.split(b";", 1)[0].strip().lower()
+    return mimetype == b"application/json" or (mimetype.startswith(b"application/") and mimetype.endswith(b"+json"))
+
+
+def _decode(parameter: SchemaParameter, value: Any) -> Any:
+    if parameter.param_type is None:
+        return value
+    if isinstance(parameter.param_type, PandasParameterType):
+        _check_columns(parameter, value)
+    try:
+        return _deserialize_input_argument(value, parameter.param_type, parameter.name)
+    except Exception as error:  # inference-schema raises bare Exceptions for some bad input
+        raise BadInput(
+            400, f"Invalid value for parameter '{parameter.name}': expected {parameter.expected}; {error}"
+        ) from None
+
+
+def _check_columns(parameter: SchemaParameter, value: Any) -> None:
+    """Name the missing columns of a records-oriented frame, which inference-schema reports only as a
+    wrong size on dimension #1."""
+    param_type = parameter.param_type
+    assert isinstance(param_type, PandasParameterType)
+    if param_type.orient != "records" or not isinstance(value, list):
+        return
+    expected = [str(column) for column in param_type.sample_input.columns]
+    for index, row in enumerate(value):
+        if not isinstance(row, dict):
+            raise BadInput(
+                400,
+                f"Invalid value for parameter '{parameter.name}': expected {parameter.expected}; "
+                f"row {index} is a JSON {_json_kind(row)}, not an object",
+            )
+        missing = [column for column in expected if column not in row]
+        if missing:
+            raise BadInput(
+                400,
+                f"Invalid value for parameter '{parameter.name}': row {index} is missing column(s) "
+                f"{', '.join(missing)}; expected columns {', '.join(expected)}",
+            )
+
+
+def _expected(param_type: AbstractParameterType | None) -> str:
+    if isinstance(param_type, NumpyParameterType):
+        sample = param_type.sample_input
+        shape = ", ".join(["n", *(str(size) for size in sample.shape[1:])])
+        return f"an array of {sample.dtype} with shape ({shape}{',' if sample.ndim == 1 else ''})"
+    if isinstance(param_type, PandasParameterType):
+        sample = param_type.sample_input
+        columns = ", ".join(f"{name} ({dtype})" for name, dtype in sample.dtypes.items())
+        return f"a table (orient '{param_type.orient}') with columns {columns}"
+    if param_type is None:
+        return "any JSON value"
+    return f"a {type(param_type.sample_input).__name__} like the sample"
+
+
+def _copy_sample(sample: Any) -> Any:
+    copy = getattr(sample, "copy", None)
+    return copy() if callable(copy) else sample
+
+
+def _query_values(query: bytes) -> dict[str, Any]:
+    """The query string as a dict: each value JSON-parsed when it can be, repeated keys as a list."""
+    values: dict[str, Any] = {}
+    repeated: set[str] = set()
+    for key, raw in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = raw
+        if key not in values:
+            values[key] = value
+        elif key in repeated:
+            values[key].append(value)
+        else:
+            values[key] = [values[key], value]
+            repeated.add(key)
+    return values
+
+
+def _title_case_headers(request: RawRequest) -> dict[str, str]:
+    return {name.decode("latin-1").title(): value.decode("latin-1") for name, value in request.headers}
+
+
+def _json_kind(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), "object")

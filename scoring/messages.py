@@ -1,0 +1,40 @@
+"""The raw request and response that cross the boundary between the HTTP front and the scoring pipeline.
+
+They hold only plain bytes, strings and numbers, so the pipeline can run in another process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+Body = Union[bytes, Iterator[bytes]]
+
+
+@dataclass(slots=True)
+class RawRequest:
+    method: str
+    path: str
+    query: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # names lower-case, as ASGI gives them
+    body: bytes = b""
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a lower-case header name, or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class RawResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: Body
+    run_ms: float | None = None  # time spent in run(); None when run() was not called
+    run_failed: bool = False  # the x-ms-run-function-failed header
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.body, (bytes, bytearray, memoryview))

@@ -1,0 +1,159 @@
+"""A server's life in three steps: start (settings, port, script, init, warm-up), serve, shut down."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+import uvicorn
+
+from mlscore.scoring.entry_script import EntryScriptError, load_entry_script, resolve_script_path
+from mlscore.scoring.messages import RawRequest, RawResponse
+from mlscore.scoring.model_path import MODEL_DIR_ENV
+from mlscore.scoring.pipeline import ScoringPipeline
+from mlscore.scoring.swagger import SwaggerDocuments
+from mlscore.server.app import ServerState, create_app
+from mlscore.server.settings import Settings, log_level_number
+
+logger = logging.getLogger("mlscore.server")
+
+EXIT_STARTUP_FAILED = 3  # Azure's scoring server exits 3 when the entry script cannot start
+EXIT_BAD_SETTINGS = 2
+EXIT_PORT_UNAVAILABLE = 1
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(slots=True)
+class Started:
+    state: ServerState
+    sock: socket.socket
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=log_level_number(level),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Take the port before the (possibly slow) init(), so a busy port fails at once; the socket
+    listens only once the app serves, so nothing connects to a server that cannot answer yet."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}", EXIT_PORT_UNAVAILABLE) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        reason = "address already in use" if error.errno == 98 else error.strerror
+        raise StartupError(f"cannot listen on {host}:{port}: {reason}", EXIT_PORT_UNAVAILABLE) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def start(settings: Settings) -> Started:
+    """Everything before serving; raises StartupError with the exit code to use."""
+    if settings.entry_script is None:
+        raise StartupError(
+            "no entry script: pass --entry-script PATH or set AZUREML_ENTRY_SCRIPT", EXIT_BAD_SETTINGS
+        )
+    if settings.model_dir is not None:
+        os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
+    sock = bind(settings.host, settings.port)
+    try:
+        pipeline = _load(settings)
+        swagger = SwaggerDocuments.build(
+            pipeline.run, app_root=settings.app_root, service_name=settings.service_name,
+            service_version=settings.service_version, path_prefix=settings.path_prefix,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    state = ServerState(settings=settings, score=_inline_scorer(pipeline), swagger=swagger)
+    _warm_up(pipeline, state)
+    return Started(state, sock)
+
+
+def serve(started: Started) -> None:
+    settings = started.state.settings
+    config = uvicorn.Config(
+        create_app(started.state),
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level=log_level_number(settings.log_level),
+        log_config=None,
+        timeout_keep_alive=75,  # longer than common load balancers' idle timeouts
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    host, port = started.sock.getsockname()[:2]
+    logger.info("serving %s on http://%s:%d (mode: %s)", started.state.settings.entry_script, host, port,
+                "ready" if started.state.ready else started.state.not_ready_reason)
+    server.run(sockets=[started.sock])
+
+
+def run(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    logger.info("settings: %s", settings.redacted())
+    try:
+        started = start(settings)
+    except StartupError as error:
+        logger.error("cannot start: %s", error)
+        return error.exit_code
+    except EntryScriptError as error:
+        logger.error("cannot start: %s", error, exc_info=error.__cause__ or error)
+        return EXIT_STARTUP_FAILED
+    serve(started)
+    return 0
+
+
+def _load(settings: Settings) -> ScoringPipeline:
+    assert settings.entry_script is not None
+    path = resolve_script_path(settings.entry_script, settings.app_root)
+    source_directory = settings.source_directory
+    if source_directory is not None and not source_directory.is_absolute():
+        source_directory = settings.app_root / source_directory
+    script = load_entry_script(path, source_directory)
+    pipeline = ScoringPipeline(script)
+    logger.info("entry script %s loaded (input mode: %s); running init()", path, pipeline.mode.name)
+    script.call_init()
+    return pipeline
+
+
+def _warm_up(pipeline: ScoringPipeline, state: ServerState) -> None:
+    """One run() with the input sample before reporting ready; a failure keeps the replica unready."""
+    try:
+        warmed = pipeline.warm_up()
+    except Exception as error:
+        logger.exception("warm-up run() with the input sample failed")
+        state.not_ready_reason = f"warm-up run() with the input sample failed: {type(error).__name__}: {error}"
+        return
+    logger.info("init() done%s", "; warm-up run() with the input sample passed" if warmed else "")
+    state.ready = True
+    state.not_ready_reason = ""
+
+
+def _inline_scorer(pipeline: ScoringPipeline):
+    """Scores on the event loop itself; the admission issue replaces this with supervised executors."""
+
+    async def score(request: RawRequest) -> RawResponse:
+        return pipeline.handle(request)
+
+    return score

@@ -1,0 +1,209 @@
+"""All settings of a scoring server, gathered and validated once before anything starts.
+
+Sources, highest first: CLI flags, environment variables, the `--config` JSON file (keys are the
+environment variables' names, as Azure's `AZUREML_CONFIG_FILE`), the deployment-config JSON
+(Azure's field names), defaults. A bad value stops the start with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+EXECUTORS = ("processes", "threads")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class SettingsError(ValueError):
+    """A setting with a value that cannot be used; the message names the setting and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """How one setting is read: its CLI flag, environment variables, deployment-config field, parser."""
+
+    name: str
+    flag: str | None
+    env: tuple[str, ...]
+    deploy_key: str | None
+    parse: Callable[[str, Any], Any]
+    default: Any = None
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
+    def parse(label: str, value: Any) -> int:
+        if isinstance(value, bool):
+            raise SettingsError(f"{label}={value!r}: must be an integer")
+        try:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise SettingsError(f"{label}={value!r}: must be an integer") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            allowed = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise SettingsError(f"{label}={number}: must be {allowed}")
+        return number
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def parse(label: str, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise SettingsError(f"{label}={value!r}: must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _text(label: str, value: Any) -> str:
+    return str(value)
+
+
+def _path(label: str, value: Any) -> Path:
+    text = str(value).strip()
+    if not text:
+        raise SettingsError(f"{label}: must not be empty")
+    return Path(text).expanduser()
+
+
+def _keys(label: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    keys = tuple(str(item).strip() for item in items if str(item).strip())
+    if len(keys) > 2:
+        raise SettingsError(f"{label}: at most two keys (primary, secondary), got {len(keys)}")
+    return keys
+
+
+def _origins(label: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("entry_script", "entry_script", ("AZUREML_ENTRY_SCRIPT",), None, _path),
+    Setting("model_dir", "model_dir", ("AZUREML_MODEL_DIR",), None, _path),
+    Setting("app_root", "app_root", ("AML_APP_ROOT",), None, _path),
+    Setting("source_directory", None, ("AZUREML_SOURCE_DIRECTORY",), None, _path),
+    Setting("host", "host", ("MLSCORE_HOST",), None, _text, "127.0.0.1"),
+    Setting("port", "port", ("MLSCORE_PORT",), "port", _integer(0, 65535), 5001),
+    Setting("log_level", "log_level", ("MLSCORE_LOG_LEVEL", "AZUREML_LOG_LEVEL"), None, _choice(LOG_LEVELS), "info"),
+    Setting("max_concurrent_requests", "max_concurrent_requests", ("MLSCORE_MAX_CONCURRENT_REQUESTS",),
+            "maxConcurrentRequestsPerContainer", _integer(1, 1000), 1),
+    Setting("max_queue_wait_ms", "max_queue_wait_ms", ("MLSCORE_MAX_QUEUE_WAIT_MS",), "maxQueueWaitMs",
+            _integer(0, 3_600_000), 500),
+    Setting("scoring_timeout_ms", "scoring_timeout_ms", ("MLSCORE_SCORING_TIMEOUT_MS", "SCORING_TIMEOUT_MS"),
+            "scoringTimeoutMs", _integer(1, 86_400_000), 60_000),
+    Setting("max_queue_size", "max_queue_size", ("MLSCORE_MAX_QUEUE_SIZE",), None, _integer(0, 1_000_000), 1024),
+    Setting("executor", "executor", ("MLSCORE_EXECUTOR",), None, _choice(EXECUTORS), "processes"),
+    Setting("workers", "workers", ("WORKER_COUNT",), None, _integer(1, 256)),
+    Setting("auth_keys", "auth_key", ("MLSCORE_AUTH_KEYS",), None, _keys, ()),
+    Setting("cors_origins", "cors_origins", ("AML_CORS_ORIGINS",), None, _origins, ()),
+    Setting("max_body_bytes", "max_body_bytes", ("MLSCORE_MAX_BODY_BYTES",), None, _integer(1), 100 * 1024 * 1024),
+    Setting("service_name", None, ("SERVICE_NAME",), None, _text, "ML service"),
+    Setting("service_version", None, ("SERVICE_VERSION",), None, _text, "1.0"),
+    Setting("path_prefix", None, ("SERVICE_PATH_PREFIX",), None, _text, ""),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective settings; built by `Settings.build`, whose SETTINGS table holds the defaults."""
+
+    entry_script: Path | None
+    model_dir: Path | None
+    app_root: Path
+    source_directory: Path | None
+    host: str
+    port: int
+    log_level: str
+    max_concurrent_requests: int
+    max_queue_wait_ms: int
+    scoring_timeout_ms: int
+    max_queue_size: int
+    executor: str
+    workers: int
+    auth_keys: tuple[str, ...]
+    cors_origins: tuple[str, ...]
+    max_body_bytes: int
+    service_name: str
+    service_version: str
+    path_prefix: str
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # setting → where its value came from
+
+    @classmethod
+    def build(
+        cls,
+        cli: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+        deploy_config: Path | None = None,
+    ) -> "Settings":
+        """The settings from every source; raises SettingsError on the first unusable value."""
+        cli = {key: value for key, value in (cli or {}).items() if value is not None and value != []}
+        environ = os.environ if environ is None else environ
+        config_path = config_file or (Path(environ["AZUREML_CONFIG_FILE"]) if environ.get("AZUREML_CONFIG_FILE") else None)
+        config = _read_json(config_path, "--config") if config_path else {}
+        deploy = _read_json(deploy_config, "--deploy-config") if deploy_config else {}
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for setting in SETTINGS:
+            found = _lookup(setting, cli, environ, config, deploy)
+            if found is None:
+                values[setting.name] = setting.default
+                sources[setting.name] = "default"
+                continue
+            label, raw = found
+            values[setting.name] = setting.parse(label, raw)
+            sources[setting.name] = label
+        if values["workers"] is None:
+            values["workers"] = values["max_concurrent_requests"]
+        if values["app_root"] is None:
+            values["app_root"] = Path.cwd()
+        return cls(**values, sources=sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings for logs: secrets replaced by their count."""
+        shown = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "sources"}
+        shown["auth_keys"] = f"{len(self.auth_keys)} key(s)"
+        return {key: str(value) if isinstance(value, Path) else value for key, value in shown.items()}
+
+
+def _lookup(
+    setting: Setting, cli: Mapping[str, Any], environ: Mapping[str, str], config: Mapping[str, Any],
+    deploy: Mapping[str, Any],
+) -> tuple[str, Any] | None:
+    """(label naming the source, raw value) of the highest source that sets this setting."""
+    if setting.flag and setting.flag in cli:
+        return f"--{setting.flag.replace('_', '-')}", cli[setting.flag]
+    for name in setting.env:
+        if environ.get(name, "") != "":
+            return name, environ[name]
+    for name in setting.env:
+        if name in config:
+            return f"{name} (config file)", config[name]
+    if setting.deploy_key and setting.deploy_key in deploy:
+        return f"{setting.deploy_key} (deployment config)", deploy[setting.deploy_key]
+    return None
+
+
+def _read_json(path: Path, flag: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{flag} {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"{flag} {path}: cannot be read: {error}") from None
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"{flag} {path}: not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{flag} {path}: must hold a JSON object")
+    return data
+
+
+def log_level_number(level: str) -> int:
+    return logging.getLevelName(level.upper())
