@@ -108,6 +108,7 @@ def _import_from_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise EntryScriptError(path, "cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
+    _forget_schemas(MODULE_NAME)
     # Registered before executing, so pickling and dataclasses inside the script see their module.
     sys.modules[MODULE_NAME] = module
     try:
@@ -120,6 +121,16 @@ def _import_from_file(path: Path) -> ModuleType:
         sys.modules.pop(MODULE_NAME, None)
         raise EntryScriptError(path, f"importing it raised {_describe(error)}") from error
     return module
+
+
+def _forget_schemas(module_name: str) -> None:
+    """Drop inference-schema's registrations from an earlier script loaded under the same module
+    name: the library keys them by module and function name and refuses a second output schema."""
+    from inference_schema import schema_util
+
+    for registry in (schema_util.__functions_schema__, schema_util.__versions__):
+        for key in [key for key in registry if key.startswith(module_name + ".")]:
+            del registry[key]
 
 
 def _describe(error: BaseException) -> str:

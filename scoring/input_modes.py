@@ -16,7 +16,6 @@ import orjson
 from inference_schema.parameter_types.abstract_parameter_type import AbstractParameterType
 from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
 from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
-from inference_schema.schema_decorators import _deserialize_input_argument
 from inference_schema.schema_util import is_schema_decorated
 from starlette.datastructures import Headers
 
@@ -81,7 +80,6 @@ class SchemaParameter:
     name: str
     param_type: AbstractParameterType | None  # None: a run() parameter without an input_schema
     required: bool
-    expected: str  # what the client must send, for error messages
 
 
 class SchemaMode:
@@ -115,7 +113,7 @@ class SchemaMode:
                 if parameter.required:
                     return None
                 continue
-            kwargs[parameter.name] = _copy_sample(parameter.param_type.sample_input)
+            kwargs[parameter.name] = _sample_value(parameter.param_type)
         if self._wants_headers:
             kwargs[REQUEST_HEADERS] = {}
         return (), kwargs
@@ -145,7 +143,7 @@ def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
     for parameter in data_parameters:
         param_type, optional = types.get(parameter.name, (None, False))
         required = parameter.default is inspect.Parameter.empty and not optional
-        schema_parameters.append(SchemaParameter(parameter.name, param_type, required, _expected(param_type)))
+        schema_parameters.append(SchemaParameter(parameter.name, param_type, required))
     return SchemaMode(schema_parameters, wants_headers)
 
 
@@ -191,41 +189,61 @@ def _is_json_type(content_type: bytes) -> bool:
 def _decode(parameter: SchemaParameter, value: Any) -> Any:
     if parameter.param_type is None:
         return value
-    if isinstance(parameter.param_type, PandasParameterType):
-        _check_columns(parameter, value)
+    return _decode_value(value, parameter.param_type, parameter.name)
+
+
+def _decode_value(value: Any, param_type: AbstractParameterType, path: str) -> Any:
+    """Decode like inference-schema does, but walk nested types ourselves so that an error names
+    the nested place (`inputs.table`, `items[2]`) and what it expected there."""
+    sample_type = param_type.sample_data_type
+    if sample_type is dict:
+        if not isinstance(value, dict):
+            raise _invalid(path, param_type, f"got a JSON {_json_kind(value)}")
+        for key, child in param_type.sample_data_type_map.items():
+            if key in value:
+                value[key] = _decode_value(value[key], child, f"{path}.{key}")
+        return value
+    if sample_type in (list, tuple):
+        if not isinstance(value, list):
+            raise _invalid(path, param_type, f"got a JSON {_json_kind(value)}")
+        if param_type.sample_data_type_list:
+            child = param_type.sample_data_type_list[0]
+            return [_decode_value(item, child, f"{path}[{index}]") for index, item in enumerate(value)]
+        return value
+    if isinstance(value, sample_type):
+        return value
+    if isinstance(param_type, PandasParameterType):
+        _check_columns(param_type, value, path)
     try:
-        return _deserialize_input_argument(value, parameter.param_type, parameter.name)
+        return param_type.deserialize_input(value)
     except Exception as error:  # inference-schema raises bare Exceptions for some bad input
-        raise BadInput(
-            400, f"Invalid value for parameter '{parameter.name}': expected {parameter.expected}; {error}"
-        ) from None
+        raise _invalid(path, param_type, str(error)) from None
 
 
-def _check_columns(parameter: SchemaParameter, value: Any) -> None:
+def _invalid(path: str, param_type: AbstractParameterType, detail: str) -> BadInput:
+    return BadInput(400, f"Invalid value for parameter '{path}': expected {_expected(param_type)}; {detail}")
+
+
+def _check_columns(param_type: PandasParameterType, value: Any, path: str) -> None:
     """Name the missing columns of a records-oriented frame, which inference-schema reports only as a
     wrong size on dimension #1."""
-    param_type = parameter.param_type
-    assert isinstance(param_type, PandasParameterType)
     if param_type.orient != "records" or not isinstance(value, list):
         return
     expected = [str(column) for column in param_type.sample_input.columns]
     for index, row in enumerate(value):
         if not isinstance(row, dict):
-            raise BadInput(
-                400,
-                f"Invalid value for parameter '{parameter.name}': expected {parameter.expected}; "
-                f"row {index} is a JSON {_json_kind(row)}, not an object",
-            )
+            raise _invalid(path, param_type, f"row {index} is a JSON {_json_kind(row)}, not an object")
         missing = [column for column in expected if column not in row]
         if missing:
             raise BadInput(
                 400,
-                f"Invalid value for parameter '{parameter.name}': row {index} is missing column(s) "
+                f"Invalid value for parameter '{path}': row {index} is missing column(s) "
                 f"{', '.join(missing)}; expected columns {', '.join(expected)}",
             )
 
 
-def _expected(param_type: AbstractParameterType | None) -> str:
+def _expected(param_type: AbstractParameterType) -> str:
+    """What the client must send, for error messages."""
     if isinstance(param_type, NumpyParameterType):
         sample = param_type.sample_input
         shape = ", ".join(["n", *(str(size) for size in sample.shape[1:])])
@@ -234,12 +252,17 @@ def _expected(param_type: AbstractParameterType | None) -> str:
         sample = param_type.sample_input
         columns = ", ".join(f"{name} ({dtype})" for name, dtype in sample.dtypes.items())
         return f"a table (orient '{param_type.orient}') with columns {columns}"
-    if param_type is None:
-        return "any JSON value"
     return f"a {type(param_type.sample_input).__name__} like the sample"
 
 
-def _copy_sample(sample: Any) -> Any:
+def _sample_value(sample: Any) -> Any:
+    """A fresh copy of a parameter type's sample, with nested parameter types replaced by theirs."""
+    if isinstance(sample, AbstractParameterType):
+        return _sample_value(sample.sample_input)
+    if isinstance(sample, dict):
+        return {key: _sample_value(value) for key, value in sample.items()}
+    if isinstance(sample, (list, tuple)):
+        return type(sample)(_sample_value(value) for value in sample)
     copy = getattr(sample, "copy", None)
     return copy() if callable(copy) else sample
 

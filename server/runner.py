@@ -67,26 +67,32 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def start(settings: Settings) -> Started:
-    """Everything before serving; raises StartupError with the exit code to use."""
+    """Everything before serving; raises StartupError or EntryScriptError."""
     if settings.entry_script is None:
         raise StartupError(
             "no entry script: pass --entry-script PATH or set AZUREML_ENTRY_SCRIPT", EXIT_BAD_SETTINGS
         )
-    if settings.model_dir is not None:
-        os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
     sock = bind(settings.host, settings.port)
     try:
-        pipeline = _load(settings)
-        swagger = SwaggerDocuments.build(
-            pipeline.run, app_root=settings.app_root, service_name=settings.service_name,
-            service_version=settings.service_version, path_prefix=settings.path_prefix,
-        )
+        state = build_state(settings)
     except BaseException:
         sock.close()
         raise
+    return Started(state, sock)
+
+
+def build_state(settings: Settings) -> ServerState:
+    """Load the entry script, run init() and the warm-up, build Swagger: a state ready to serve."""
+    if settings.model_dir is not None:
+        os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
+    pipeline = _load(settings)
+    swagger = SwaggerDocuments.build(
+        pipeline.run, app_root=settings.app_root, service_name=settings.service_name,
+        service_version=settings.service_version, path_prefix=settings.path_prefix,
+    )
     state = ServerState(settings=settings, score=_inline_scorer(pipeline), swagger=swagger)
     _warm_up(pipeline, state)
-    return Started(state, sock)
+    return state
 
 
 def serve(started: Started) -> None:

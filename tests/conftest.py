@@ -1,0 +1,147 @@
+"""Shared fixtures: the example models, real servers started as subprocesses, and in-process apps."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SERVING = re.compile(r"serving .* on http://([\d.]+):(\d+)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_models() -> None:
+    """The example models, built once (make test builds them first; this covers a bare pytest run)."""
+    subprocess.run([sys.executable, str(EXAMPLES / "build_models.py")], check=True, capture_output=True)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def serve_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mlscore", "serve", "--port", "0", *args]
+
+
+def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Server:
+    """Start `mlscore serve` on a free port and wait until it listens (or fail with its log)."""
+    log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            serve_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = SERVING.search(log_path.read_text(errors="replace"))
+        if match:
+            url = f"http://{match.group(1)}:{match.group(2)}"
+            if _answers(url):
+                return Server(process, url, log_path)
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"server did not start within {timeout}s:\n{log_path.read_text()}")
+
+
+def run_server_to_exit(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                       timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `mlscore serve` expecting it to exit by itself (a start-up failure)."""
+    return subprocess.run(
+        serve_command(*args), capture_output=True, text=True, cwd=tmp_path, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+def _example_server(session_tmp: Path, name: str) -> Iterator[Server]:
+    server = start_server(
+        session_tmp, "--entry-script", str(EXAMPLES / name / "score.py"), "--model-dir", str(EXAMPLES / name / "models")
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def diabetes_server(session_tmp: Path) -> Iterator[Server]:
+    yield from _example_server(session_tmp, "diabetes")
+
+
+@pytest.fixture(scope="session")
+def digits_server(session_tmp: Path) -> Iterator[Server]:
+    yield from _example_server(session_tmp, "digits")
+
+
+@pytest.fixture(scope="session")
+def powerbi_server(session_tmp: Path) -> Iterator[Server]:
+    yield from _example_server(session_tmp, "powerbi")
+
+
+@pytest.fixture(scope="session")
+def contract_server(session_tmp: Path) -> Iterator[Server]:
+    """A real server on tests/scripts/contract.py, for behaviour that depends on the HTTP stack."""
+    server = start_server(session_tmp, "--entry-script", str(SCRIPTS / "contract.py"), "--max-body-bytes", "1000")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def client_for():
+    """An in-process client for a script in tests/scripts: `client_for("plain_echo.py", model_dir=...)`."""
+    from starlette.testclient import TestClient
+
+    from mlscore.server.app import create_app
+    from mlscore.server.runner import build_state
+    from mlscore.server.settings import Settings
+
+    clients = []
+
+    def make(script: str, env: dict[str, str] | None = None, **cli) -> TestClient:
+        settings = Settings.build({"entry_script": str(SCRIPTS / script), **cli}, environ=env or {})
+        client = TestClient(create_app(build_state(settings)), raise_server_exceptions=False)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
