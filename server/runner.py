@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -112,7 +113,16 @@ def serve(started: Started) -> None:
     host, port = started.sock.getsockname()[:2]
     logger.info("serving %s on http://%s:%d (mode: %s)", started.state.settings.entry_script, host, port,
                 "ready" if started.state.ready else started.state.not_ready_reason)
+    # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours in place
+    # of the default makes that a no-op, so a graceful stop ends with exit status 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _stopped_gracefully)
     server.run(sockets=[started.sock])
+    logger.info("stopped")
+
+
+def _stopped_gracefully(signum: int, frame: object) -> None:
+    """Called when uvicorn re-raises the stop signal after its graceful shutdown."""
 
 
 def run(settings: Settings) -> int:

@@ -291,3 +291,13 @@ def test_result_that_cannot_be_encoded_is_a_500_that_says_so(client_for):
     assert response.status_code == 500
     assert "cannot be encoded as JSON" in response.json()["message"]
     assert response.headers["x-ms-run-function-failed"] == "True"
+
+
+def test_failed_warm_up_keeps_the_replica_unready_with_the_reason(client_for):
+    client = client_for("warmup_fails.py")
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "all-zero input" in response.json()["message"]
+    assert client.get("/health/live").status_code == 200
+    assert client.post("/score", json={"data": [[1.0, 2.0]]}).json() == 3.0

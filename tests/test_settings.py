@@ -1,0 +1,66 @@
+"""Settings: sources in order (CLI, environment, config file, deployment config, defaults) and validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlscore.server.settings import Settings, SettingsError
+
+
+def test_defaults_follow_the_deployment_config_documents():
+    settings = Settings.build({}, environ={})
+    assert (settings.max_concurrent_requests, settings.max_queue_wait_ms, settings.scoring_timeout_ms) == (1, 500, 60000)
+    assert (settings.host, settings.port, settings.executor, settings.max_queue_size) == ("127.0.0.1", 5001, "processes", 1024)
+    assert settings.workers == 1  # the concurrency limit
+
+
+def test_cli_beats_environment_beats_config_file_beats_deploy_config(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"MLSCORE_MAX_QUEUE_WAIT_MS": "300", "SCORING_TIMEOUT_MS": 2000}))
+    deploy = tmp_path / "deploymentconfig.json"
+    deploy.write_text(json.dumps({"maxQueueWaitMs": 100, "scoringTimeoutMs": 1000, "maxConcurrentRequestsPerContainer": 4}))
+    settings = Settings.build({"max_queue_wait_ms": "700"}, environ={"MLSCORE_MAX_QUEUE_WAIT_MS": "600"},
+                              config_file=config, deploy_config=deploy)
+    assert settings.max_queue_wait_ms == 700
+    assert settings.scoring_timeout_ms == 2000
+    assert settings.max_concurrent_requests == 4 and settings.workers == 4
+    assert settings.sources["scoring_timeout_ms"] == "SCORING_TIMEOUT_MS (config file)"
+
+
+def test_azure_scoring_timeout_variable_is_honoured():
+    assert Settings.build({}, environ={"SCORING_TIMEOUT_MS": "1234"}).scoring_timeout_ms == 1234
+
+
+def test_worker_count_variable_sets_the_workers():
+    assert Settings.build({}, environ={"WORKER_COUNT": "3"}).workers == 3
+
+
+def test_auth_keys_from_environment_and_are_redacted():
+    settings = Settings.build({}, environ={"MLSCORE_AUTH_KEYS": "primary-secret,secondary-secret"})
+    assert settings.auth_keys == ("primary-secret", "secondary-secret")
+    assert "secret" not in repr(settings.redacted())
+
+
+@pytest.mark.parametrize(
+    "cli, message",
+    [
+        ({"max_concurrent_requests": "many"}, "--max-concurrent-requests='many': must be an integer"),
+        ({"workers": "0"}, "--workers=0: must be between 1 and 256"),
+        ({"executor": "gpu"}, "must be one of processes, threads"),
+        ({"auth_key": ["a", "b", "c"]}, "at most two keys"),
+    ],
+)
+def test_bad_values_name_the_setting_and_what_is_allowed(cli, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        Settings.build(cli, environ={})
+
+
+def test_unreadable_config_file_is_named(tmp_path):
+    broken = tmp_path / "bad.json"
+    broken.write_text("{nope")
+    with pytest.raises(SettingsError, match="not valid JSON"):
+        Settings.build({}, environ={}, config_file=broken)
+    with pytest.raises(SettingsError, match="file not found"):
+        Settings.build({}, environ={}, config_file=tmp_path / "missing.json")
