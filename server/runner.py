@@ -87,10 +87,13 @@ def build_state(settings: Settings) -> ServerState:
     if settings.model_dir is not None:
         os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
     pipeline = _load(settings)
-    swagger = SwaggerDocuments.build(
-        pipeline.run, app_root=settings.app_root, service_name=settings.service_name,
-        service_version=settings.service_version, path_prefix=settings.path_prefix,
-    )
+    try:
+        swagger = SwaggerDocuments.build(
+            pipeline.run, app_root=settings.app_root, service_name=settings.service_name,
+            service_version=settings.service_version, path_prefix=settings.path_prefix,
+        )
+    except ValueError as error:  # a user-supplied swagger file that is not JSON
+        raise StartupError(str(error), EXIT_STARTUP_FAILED) from error
     state = ServerState(settings=settings, score=_inline_scorer(pipeline), swagger=swagger)
     _warm_up(pipeline, state)
     return state

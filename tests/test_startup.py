@@ -129,3 +129,17 @@ def test_model_dir_flag_sets_azureml_model_dir_for_the_script(tmp_path):
         assert response.status_code == 200
     finally:
         server.stop()
+
+
+def test_user_supplied_swagger_file_wins_and_a_broken_one_stops_the_start(tmp_path):
+    (tmp_path / "swagger3.json").write_text(json.dumps({"openapi": "3.0.3", "info": {"title": "mine", "version": "9"}, "paths": {}}))
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "plain_echo.py"), "--app-root", str(tmp_path))
+    try:
+        assert httpx.get(server.url + "/swagger.json?version=3").json()["info"]["title"] == "mine"
+        assert httpx.get(server.url + "/swagger.json?version=2").json()["swagger"] == "2.0"
+    finally:
+        server.stop()
+    (tmp_path / "swagger3.json").write_text("{broken")
+    result = run_server_to_exit(tmp_path, "--entry-script", str(SCRIPTS / "plain_echo.py"), "--app-root", str(tmp_path))
+    assert result.returncode == 3
+    assert "swagger3.json" in result.stderr and "Traceback" not in result.stderr.split("cannot start")[0]
