@@ -82,3 +82,13 @@ def test_powerbi_swagger_lists_the_columns(powerbi_server):
     assert set(item["properties"]) == {"age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"}
     assert item["properties"]["sex"]["type"] == "string"
     assert item["properties"]["age"]["type"] == "integer"
+
+
+@pytest.mark.parametrize("version", ["2", "3", "3.1"])
+def test_digits_swagger_is_valid_and_bounds_the_64_pixels(digits_server, version):
+    document = swagger(digits_server, version)
+    validate(document)
+    schemas = document["definitions"] if version == "2" else document["components"]["schemas"]
+    images = schemas["ServiceInput"]["properties"]["images"]
+    assert images["items"]["minItems"] == 64 and images["items"]["maxItems"] == 64
+    assert set(schemas["ServiceOutput"]["properties"]) == {"digits", "probabilities"}
