@@ -92,3 +92,15 @@ def test_digits_swagger_is_valid_and_bounds_the_64_pixels(digits_server, version
     images = schemas["ServiceInput"]["properties"]["images"]
     assert images["items"]["minItems"] == 64 and images["items"]["maxItems"] == 64
     assert set(schemas["ServiceOutput"]["properties"]) == {"digits", "probabilities"}
+
+
+def test_diabetes_matches_the_scikit_learn_model(diabetes_server):
+    import joblib
+    import numpy as np
+
+    from conftest import EXAMPLES
+
+    model = joblib.load(EXAMPLES / "diabetes" / "models" / "sklearn_regression_model.pkl")
+    rows = [[0.03, -0.04, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    response = httpx.post(diabetes_server.url + "/score", json={"data": rows})
+    assert np.allclose(response.json(), model.predict(np.array(rows)))
