@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
+import numpy as np
 import orjson
 from inference_schema.parameter_types.abstract_parameter_type import AbstractParameterType
 from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
@@ -41,9 +42,10 @@ class PlainMode:
 
     name = "plain"
 
-    def __init__(self, data_parameter: str, wants_headers: bool) -> None:
+    def __init__(self, data_parameter: str, wants_headers: bool, target: Callable[..., Any]) -> None:
         self._data_parameter = data_parameter
         self._wants_headers = wants_headers
+        self.target = target
 
     def arguments(self, request: RawRequest) -> Arguments:
         if request.method == "GET":
@@ -67,6 +69,9 @@ class RawHttpMode:
 
     name = "rawhttp"
 
+    def __init__(self, target: Callable[..., Any]) -> None:
+        self.target = target
+
     def arguments(self, request: RawRequest) -> Arguments:
         headers = Headers(raw=request.headers)
         return (AMLRequest(request.method, request.path, headers, request.query, request.body),), {}
@@ -80,6 +85,7 @@ class SchemaParameter:
     name: str
     param_type: AbstractParameterType | None  # None: a run() parameter without an input_schema
     required: bool
+    convert: bool  # input_schema's convert_to_provided_type: decode to the sample's type
 
 
 class SchemaMode:
@@ -88,9 +94,10 @@ class SchemaMode:
 
     name = "schema"
 
-    def __init__(self, parameters: list[SchemaParameter], wants_headers: bool) -> None:
+    def __init__(self, parameters: list[SchemaParameter], wants_headers: bool, target: Callable[..., Any]) -> None:
         self.parameters = parameters
         self._wants_headers = wants_headers
+        self.target = target
 
     def arguments(self, request: RawRequest) -> Arguments:
         payload = _query_values(request.query) if request.method == "GET" else _json_object(request)
@@ -130,34 +137,50 @@ def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
         raise EntryScriptError(path, "run() cannot be both @rawhttp and decorated with input/output schemas")
     parameters = run_parameters(path, run)
     if rawhttp:
-        return RawHttpMode()
+        return RawHttpMode(run)
     wants_headers = any(p.name == REQUEST_HEADERS for p in parameters)
     data_parameters = [p for p in parameters if p.name != REQUEST_HEADERS]
     if not decorated or not _schema_types(run):
-        return PlainMode(data_parameters[0].name, wants_headers)
+        return PlainMode(data_parameters[0].name, wants_headers, run)
     types = _schema_types(run)
     unknown = set(types) - {p.name for p in data_parameters}
     if unknown:
         raise EntryScriptError(path, f"input_schema names {sorted(unknown)}, which run() does not take")
     schema_parameters = []
     for parameter in data_parameters:
-        param_type, optional = types.get(parameter.name, (None, False))
+        param_type, optional, convert = types.get(parameter.name, (None, False, False))
         required = parameter.default is inspect.Parameter.empty and not optional
-        schema_parameters.append(SchemaParameter(parameter.name, param_type, required))
-    return SchemaMode(schema_parameters, wants_headers)
+        schema_parameters.append(SchemaParameter(parameter.name, param_type, required, convert))
+    return SchemaMode(schema_parameters, wants_headers, _schema_call_target(run))
 
 
-def _schema_types(run: Callable[..., Any]) -> dict[str, tuple[AbstractParameterType, bool]]:
-    """The input_schema decorators' parameter types, found in the closures of inference-schema's
-    wrappers (the library keeps them nowhere else)."""
-    found: dict[str, tuple[AbstractParameterType, bool]] = {}
+def _schema_call_target(run: Callable[..., Any]) -> Callable[..., Any]:
+    """The function to call once the arguments are decoded: the user's own function when every
+    wrapper above it is inference-schema's (they would only check the decoded arguments again),
+    else run() itself, so that the user's other decorators still run."""
+    func: Any = run
+    while hasattr(func, "__wrapped__"):
+        wrapper = getattr(func, "_self_wrapper", None)
+        if getattr(wrapper, "__module__", None) != "inference_schema.schema_decorators":
+            return run
+        func = func.__wrapped__
+    return func
+
+
+def _schema_types(run: Callable[..., Any]) -> dict[str, tuple[AbstractParameterType, bool, bool]]:
+    """name → (parameter type, optional, convert) of each input_schema decorator, found in the
+    closures of inference-schema's wrappers (the library keeps them nowhere else)."""
+    found: dict[str, tuple[AbstractParameterType, bool, bool]] = {}
     func: Any = run
     for _ in range(100):
         wrapper = getattr(func, "_self_wrapper", None)
         if wrapper is not None and getattr(wrapper, "__closure__", None):
             names = inspect.getclosurevars(wrapper).nonlocals
             if isinstance(names.get("param_type"), AbstractParameterType) and "param_name" in names:
-                found.setdefault(names["param_name"], (names["param_type"], bool(names.get("optional", False))))
+                found.setdefault(names["param_name"], (
+                    names["param_type"], bool(names.get("optional", False)),
+                    bool(names.get("convert_to_provided_type", True)),
+                ))
         if not hasattr(func, "__wrapped__"):
             break
         func = func.__wrapped__
@@ -187,7 +210,7 @@ def _is_json_type(content_type: bytes) -> bool:
 
 
 def _decode(parameter: SchemaParameter, value: Any) -> Any:
-    if parameter.param_type is None:
+    if parameter.param_type is None or not parameter.convert:
         return value
     return _decode_value(value, parameter.param_type, parameter.name)
 
@@ -212,12 +235,41 @@ def _decode_value(value: Any, param_type: AbstractParameterType, path: str) -> A
         return value
     if isinstance(value, sample_type):
         return value
+    if isinstance(param_type, NumpyParameterType) and _plain_dtype(param_type.sample_input.dtype):
+        return _decode_array(value, param_type, path)
     if isinstance(param_type, PandasParameterType):
         _check_columns(param_type, value, path)
     try:
         return param_type.deserialize_input(value)
     except Exception as error:  # inference-schema raises bare Exceptions for some bad input
         raise _invalid(path, param_type, str(error)) from None
+
+
+def _plain_dtype(dtype: np.dtype) -> bool:
+    """Dtypes inference-schema converts with np.array alone (no record fields, dates or durations)."""
+    return dtype.fields is None and dtype.kind not in "mM"
+
+
+def _decode_array(value: Any, param_type: NumpyParameterType, path: str) -> np.ndarray:
+    """NumpyParameterType.deserialize_input for plain dtypes, in one np.array call: the same
+    conversion and shape rules, without its per-row Python loop."""
+    sample = param_type.sample_input
+    if not isinstance(value, list):
+        raise _invalid(path, param_type, f"got a JSON {_json_kind(value)}")
+    try:
+        array = np.array(value, dtype=sample.dtype if param_type.enforce_column_type else None)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise _invalid(path, param_type, str(error)) from None
+    if not param_type.enforce_shape:
+        return array
+    if array.ndim != sample.ndim:
+        raise _invalid(path, param_type, f"an array with {sample.ndim} dimensions is expected; "
+                                         f"input has {array.ndim} [shape {array.shape}]")
+    for dimension in range(1, sample.ndim):
+        if array.shape[dimension] != sample.shape[dimension]:
+            raise _invalid(path, param_type, f"array has size {array.shape[dimension]} on dimension "
+                                             f"#{dimension}, while expected value is {sample.shape[dimension]}")
+    return array
 
 
 def _invalid(path: str, param_type: AbstractParameterType, detail: str) -> BadInput:

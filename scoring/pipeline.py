@@ -32,6 +32,7 @@ class ScoringPipeline:
         self.script = script
         self.run = script.run
         self.mode: InputMode = detect_input_mode(script.path, script.run)
+        self._call = self.mode.target
 
     def handle(self, request: RawRequest) -> RawResponse:
         if request.method == "OPTIONS" and not isinstance(self.mode, RawHttpMode):
@@ -42,7 +43,7 @@ class ScoringPipeline:
             return error_response(error.status, error.message)
         started = time.perf_counter()
         try:
-            result = self.run(*args, **kwargs)
+            result = self._call(*args, **kwargs)
         except BadRequestBody as error:
             return error_response(400, str(error))
         except BadInput as error:
@@ -66,7 +67,7 @@ class ScoringPipeline:
         if arguments is None:
             return False
         args, kwargs = arguments
-        encode_json(self.run(*args, **kwargs))
+        encode_json(self._call(*args, **kwargs))
         return True
 
 

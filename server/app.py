@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.swagger import SwaggerDocuments
-from mlscore.server.errors import http_exception, unhandled_exception
+from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception
 from mlscore.server.routes import Routes
 from mlscore.server.settings import Settings
+
+logger = logging.getLogger("mlscore.server")
 
 Scorer = Callable[[RawRequest], Awaitable[RawResponse]]
 
@@ -31,7 +34,7 @@ class ServerState:
     not_ready_reason: str = "starting"
 
 
-def create_app(state: ServerState) -> Starlette:
+def create_app(state: ServerState) -> ASGIApp:
     routes = Routes(state)
     health = ["GET", "HEAD"]
     table = [
@@ -40,20 +43,37 @@ def create_app(state: ServerState) -> Starlette:
         Route("/health/ready", routes.ready, methods=health),
         Route("/v2/health/live", routes.live, methods=health),
         Route("/v2/health/ready", routes.ready, methods=health),
-        Route("/score", routes.score, methods=["GET", "POST", "OPTIONS", "HEAD"]),
         Route("/swagger.json", routes.swagger, methods=["GET"]),
     ]
-    middleware = []
+    app: ASGIApp = ScoreFirst(routes, Starlette(
+        routes=table,
+        exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
+    ))
     if state.settings.cors_origins:
-        middleware.append(Middleware(
-            CORSMiddleware,
+        app = CORSMiddleware(
+            app,
             allow_origins=list(state.settings.cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["x-request-id", "x-ms-request-id", "x-ms-run-fn-exec-ms", "x-ms-run-function-failed"],
-        ))
-    return Starlette(
-        routes=table,
-        middleware=middleware,
-        exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
-    )
+        )
+    return app
+
+
+class ScoreFirst:
+    """Answers /score itself and hands every other request to the Starlette app."""
+
+    def __init__(self, routes: Routes, other: ASGIApp) -> None:
+        self._routes = routes
+        self._other = other
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/score":
+            await self._other(scope, receive, send)
+            return
+        try:
+            response = await self._routes.score(scope, receive)
+        except Exception:
+            logger.exception("unhandled error answering %s /score", scope["method"])
+            response = json_error(500, INTERNAL_ERROR)
+        await response(scope, receive, send)

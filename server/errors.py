@@ -9,15 +9,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mlscore.server.request_ids import response_id_headers
+from mlscore.server.request_ids import RequestIdTooLong, pick_headers, response_id_headers
 
 logger = logging.getLogger("mlscore.server")
 
 NOT_FOUND = "The requested URL was not found on the server: {path}"
+INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more info."
 METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}; allowed: {allowed}."
 
 
-class RawResponse(Response):
+class BytesResponse(Response):
     """A response whose headers are given ready-made as bytes pairs, skipping Starlette's header building."""
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -28,11 +29,11 @@ class RawResponse(Response):
         self.raw_headers = headers
 
 
-def json_error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> RawResponse:
+def json_error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> BytesResponse:
     raw = [(b"content-type", b"application/json")]
     if headers:
         raw.extend(headers)
-    return RawResponse(status, raw, orjson.dumps({"message": message}))
+    return BytesResponse(status, raw, orjson.dumps({"message": message}))
 
 
 async def http_exception(request: Request, error: Exception) -> Response:
@@ -46,10 +47,14 @@ async def http_exception(request: Request, error: Exception) -> Response:
     else:
         message = str(error.detail)
     headers = [(name.lower().encode(), value.encode()) for name, value in (error.headers or {}).items()]
-    return json_error(error.status_code, message, headers + response_id_headers(request.headers))
+    try:
+        ids = response_id_headers(pick_headers(request.scope["headers"]))
+    except RequestIdTooLong as too_long:
+        ids = too_long.headers
+    return json_error(error.status_code, message, headers + ids)
 
 
 async def unhandled_exception(request: Request, error: Exception) -> Response:
     """A bug of ours: logged with its traceback, answered with a plain message."""
     logger.exception("unhandled error answering %s %s", request.method, request.url.path)
-    return json_error(500, "An unexpected internal error occurred. Check the logs for more info.")
+    return json_error(500, INTERNAL_ERROR)

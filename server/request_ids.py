@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Mapping
+import os
+from typing import Iterable
 
 MAX_ID_LENGTH = 100
+
+# The request headers the server itself reads, picked out of the raw list in one pass.
+WANTED = frozenset({
+    b"x-request-id", b"x-ms-client-request-id", b"x-ms-request-id", b"traceid", b"authorization", b"content-length",
+})
 
 
 class RequestIdTooLong(ValueError):
@@ -17,26 +22,44 @@ class RequestIdTooLong(ValueError):
         self.headers = headers
 
 
-def response_id_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+def pick_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The first value of each header in WANTED (ASGI gives names in lower case)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in WANTED and name not in found:
+            found[name] = value
+    return found
+
+
+def new_request_id() -> bytes:
+    """A random (version 4) UUID in its text form; a third of the cost of str(uuid.uuid4())."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
+
+
+def response_id_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     """The id headers a response carries; raises RequestIdTooLong for an id over 100 characters."""
-    request_id = headers.get("x-request-id")
+    request_id = headers.get(b"x-request-id")
     if request_id is None:
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
     elif len(request_id) > MAX_ID_LENGTH:
         raise RequestIdTooLong(f"x-request-id must not exceed {MAX_ID_LENGTH} characters", [])
-    out = [(b"x-request-id", request_id.encode("latin-1"))]
-    client_id = headers.get("x-ms-client-request-id")
-    ms_id = headers.get("x-ms-request-id")
+    out = [(b"x-request-id", request_id)]
+    client_id = headers.get(b"x-ms-client-request-id")
+    ms_id = headers.get(b"x-ms-request-id")
     if (client_id and len(client_id) > MAX_ID_LENGTH) or (ms_id and len(ms_id) > MAX_ID_LENGTH):
         raise RequestIdTooLong(
             f"x-ms-request-id and x-ms-client-request-id must not exceed {MAX_ID_LENGTH} characters", out
         )
     if client_id is not None:
-        out.append((b"x-ms-client-request-id", client_id.encode("latin-1")))
+        out.append((b"x-ms-client-request-id", client_id))
     elif ms_id is not None:
-        out.append((b"x-ms-client-request-id", ms_id.encode("latin-1")))
-    out.append((b"x-ms-request-id", (ms_id if ms_id is not None else client_id or request_id).encode("latin-1")))
-    trace_id = headers.get("traceid")
+        out.append((b"x-ms-client-request-id", ms_id))
+    out.append((b"x-ms-request-id", ms_id if ms_id is not None else client_id or request_id))
+    trace_id = headers.get(b"traceid")
     if trace_id is not None:
-        out.append((b"traceid", trace_id.encode("latin-1")))
+        out.append((b"traceid", trace_id))
     return out
