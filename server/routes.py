@@ -26,13 +26,11 @@ _SERVER_HEADERS = {
 _TRUE, _FALSE = b"True", b"False"
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
-
-
 SCORE_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The body is over `max_body_bytes` (declared or as it arrives)."""
 
 
 class Routes:
