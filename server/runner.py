@@ -114,8 +114,8 @@ def serve(started: Started) -> None:
     )
     server = uvicorn.Server(config)
     host, port = started.sock.getsockname()[:2]
-    logger.info("serving %s on http://%s:%d (mode: %s)", started.state.settings.entry_script, host, port,
-                "ready" if started.state.ready else started.state.not_ready_reason)
+    readiness = "ready" if started.state.ready else f"not ready: {started.state.not_ready_reason}"
+    logger.info("serving %s on http://%s:%d (%s)", settings.entry_script, host, port, readiness)
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours in place
     # of the default makes that a no-op, so a graceful stop ends with exit status 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
