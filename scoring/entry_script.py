@@ -18,9 +18,6 @@ from typing import Any, Callable
 from mlscore.scoring import compat
 
 MODULE_NAME = "_mlscore_entry_script"
-APP_ROOT_ENV = "AML_APP_ROOT"
-ENTRY_SCRIPT_ENV = "AZUREML_ENTRY_SCRIPT"
-SOURCE_DIRECTORY_ENV = "AZUREML_SOURCE_DIRECTORY"
 
 
 class EntryScriptError(Exception):

@@ -34,7 +34,3 @@ class RawResponse:
     body: Body
     run_ms: float | None = None  # time spent in run(); None when run() was not called
     run_failed: bool = False  # the x-ms-run-function-failed header
-
-    @property
-    def streamed(self) -> bool:
-        return not isinstance(self.body, (bytes, bytearray, memoryview))
