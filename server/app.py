@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,23 +15,40 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.swagger import SwaggerDocuments
+from mlscore.server.admission import AdmissionQueue, Slot
 from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception
 from mlscore.server.routes import Routes
 from mlscore.server.settings import Settings
 
 logger = logging.getLogger("mlscore.server")
 
-Scorer = Callable[[RawRequest], Awaitable[RawResponse]]
+class Executor(Protocol):
+    """Runs the scoring pipeline off the event loop (see executors.py)."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def not_ready_reason(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
 class ServerState:
-    """What the routes need: the settings, how to score, the Swagger documents and readiness."""
+    """What the routes need: the settings, admission, the executor, Swagger and readiness."""
 
     settings: Settings
-    score: Scorer
+    admission: AdmissionQueue
+    executor: Executor
     swagger: SwaggerDocuments
-    ready: bool = False
+    ready: bool = False  # init() and the warm-up passed
     not_ready_reason: str = "starting"
 
 
@@ -45,9 +63,16 @@ def create_app(state: ServerState) -> ASGIApp:
         Route("/v2/health/ready", routes.ready, methods=health),
         Route("/swagger.json", routes.swagger, methods=["GET"]),
     ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.executor.start()
+        yield
+        await state.executor.close()
+
     app: ASGIApp = ScoreFirst(routes, Starlette(
         routes=table,
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
+        lifespan=lifespan,
     ))
     if state.settings.cors_origins:
         app = CORSMiddleware(

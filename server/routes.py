@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from starlette.types import Receive, Scope
 
 from mlscore.scoring.messages import RawRequest
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
+from mlscore.server.admission import Rejected, Slot
 from mlscore.server.errors import BytesResponse, json_error
 from mlscore.server.request_ids import RequestIdTooLong, pick_headers, response_id_headers
 
@@ -40,6 +42,8 @@ class Routes:
         self.state = state
         self._keys = [key.encode() for key in state.settings.auth_keys]
         self._max_body = state.settings.max_body_bytes
+        self._queue_wait = state.settings.max_queue_wait_ms / 1000.0
+        self._scoring_timeout = state.settings.scoring_timeout_ms / 1000.0
 
     async def healthy(self, request: Request) -> Response:
         return BytesResponse(200, [(b"content-type", b"text/plain; charset=utf-8")], b"Healthy")
@@ -48,9 +52,10 @@ class Routes:
         return BytesResponse(200, [(b"content-type", b"application/json")], _LIVE)
 
     async def ready(self, request: Request) -> Response:
-        if self.state.ready:
+        if self.state.ready and self.state.executor.ready:
             return BytesResponse(200, [(b"content-type", b"application/json")], _READY)
-        body = orjson.dumps({"ready": False, "message": self.state.not_ready_reason})
+        reason = self.state.not_ready_reason or self.state.executor.not_ready_reason
+        body = orjson.dumps({"ready": False, "message": reason})
         return BytesResponse(503, [(b"content-type", b"application/json"), (b"retry-after", b"1")], body)
 
     async def swagger(self, request: Request) -> Response:
@@ -82,17 +87,66 @@ class Routes:
         except ClientDisconnect:
             return json_error(400, "The client disconnected before sending the whole body.", ids)
         raw = RawRequest(method, scope["path"], scope["query_string"], scope["headers"], body)
-        result = await self.state.score(raw)
+        executor = self.state.executor
+        if not executor.ready:
+            return json_error(503, f"Not ready: {executor.not_ready_reason}.", [(b"retry-after", b"1"), *ids])
+        try:
+            budget = self._budget(picked.get(b"x-ms-request-timeout-ms"))
+        except ValueError as error:
+            return json_error(400, str(error), ids)
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        admission = self.state.admission
+        slot = admission.try_acquire()
+        if slot is None:
+            try:
+                slot = await self._wait_for_slot(arrived + min(budget, self._queue_wait), receive)
+            except Rejected as rejected:
+                headers = [(b"retry-after", str(rejected.retry_after).encode()), *ids]
+                return json_error(503, rejected.message, headers)
+            except ClientDisconnect:
+                return json_error(400, "The client disconnected while waiting for a scoring slot.", ids)
+        started = loop.time()
+        try:
+            result = await executor.score(raw, slot, min(self._scoring_timeout, budget - (started - arrived)))
+        finally:
+            admission.record_hold(loop.time() - started)
+        queue_ms = (started - arrived) * 1000.0
         headers = [item for item in result.headers if item[0] not in _SERVER_HEADERS]
         headers.extend(ids)
         headers.append((b"x-ms-run-function-failed", _TRUE if result.run_failed else _FALSE))
         if result.run_ms is not None:
             headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % result.run_ms))
+        headers.append((b"server-timing", b"queue;dur=%.3f, run;dur=%.3f" % (queue_ms, result.run_ms or 0.0)))
         if isinstance(result.body, bytes):
             return BytesResponse(result.status, headers, result.body)
         streamed = StreamingResponse(result.body, status_code=result.status)
         streamed.raw_headers = headers
         return streamed
+
+    def _budget(self, header: bytes | None) -> float:
+        """Seconds this request may take in all: the client's x-ms-request-timeout-ms can only
+        shorten the server's limits."""
+        limit = self._queue_wait + self._scoring_timeout
+        if header is None:
+            return limit
+        if not header.isdigit() or int(header) == 0:
+            raise ValueError(f"x-ms-request-timeout-ms must be a positive integer of milliseconds, "
+                             f"got {header.decode('latin-1')!r}.")
+        return min(limit, int(header) / 1000.0)
+
+    async def _wait_for_slot(self, deadline: float, receive: Receive) -> Slot:
+        """Wait in the queue while watching the connection: a client that leaves is taken out of
+        the queue, and run() is never called for it."""
+        waiting = asyncio.ensure_future(self.state.admission.acquire(deadline))
+        watching = asyncio.ensure_future(_disconnected(receive))
+        done, _ = await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if waiting in done:
+            watching.cancel()
+            return waiting.result()
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        raise ClientDisconnect
 
     def _authorized(self, header: bytes) -> bool:
         scheme, _, token = header.partition(b" ")
@@ -120,3 +174,9 @@ class Routes:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import uvicorn
 
 from mlscore.scoring.entry_script import EntryScriptError, load_entry_script, resolve_script_path
-from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.model_path import MODEL_DIR_ENV
 from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
+from mlscore.server.admission import AdmissionQueue
 from mlscore.server.app import ServerState, create_app
+from mlscore.server.executors import make_executor
 from mlscore.server.settings import Settings, log_level_number
 
 logger = logging.getLogger("mlscore.server")
@@ -94,7 +95,9 @@ def build_state(settings: Settings) -> ServerState:
         )
     except ValueError as error:  # a user-supplied swagger file that is not JSON
         raise StartupError(str(error), EXIT_STARTUP_FAILED) from error
-    state = ServerState(settings=settings, score=_inline_scorer(pipeline), swagger=swagger)
+    admission = AdmissionQueue(settings.max_concurrent_requests, settings.max_queue_size, settings.max_queue_wait_ms)
+    state = ServerState(settings=settings, admission=admission, executor=make_executor(settings, pipeline),
+                        swagger=swagger)
     _warm_up(pipeline, state)
     return state
 
@@ -105,7 +108,7 @@ def serve(started: Started) -> None:
         create_app(started.state),
         loop="uvloop",
         http="httptools",
-        lifespan="off",
+        lifespan="on",
         access_log=False,
         log_level=log_level_number(settings.log_level),
         log_config=None,
@@ -167,12 +170,3 @@ def _warm_up(pipeline: ScoringPipeline, state: ServerState) -> None:
     logger.info("init() done%s", "; warm-up run() with the input sample passed" if warmed else "")
     state.ready = True
     state.not_ready_reason = ""
-
-
-def _inline_scorer(pipeline: ScoringPipeline):
-    """Scores on the event loop itself; the admission issue replaces this with supervised executors."""
-
-    async def score(request: RawRequest) -> RawResponse:
-        return pipeline.handle(request)
-
-    return score

@@ -1,0 +1,69 @@
+"""Executors run the scoring pipeline off the event loop and enforce the scoring timeout.
+
+`threads`: an in-process pool sized to the concurrency limit. A run() past its timeout is answered
+504 at once, but keeps its slot until it really returns, so capacity is never over-promised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from mlscore.scoring.messages import RawRequest, RawResponse
+from mlscore.scoring.pipeline import ScoringPipeline, error_response
+from mlscore.server.admission import Slot
+from mlscore.server.settings import Settings
+
+logger = logging.getLogger("mlscore.server")
+
+
+def timeout_response(timeout_ms: int) -> RawResponse:
+    return error_response(504, f"run() did not finish within the scoring timeout of {timeout_ms} ms.",
+                          run_failed=True)
+
+
+class ThreadExecutor:
+    name = "threads"
+
+    def __init__(self, pipeline: ScoringPipeline, size: int) -> None:
+        self._pipeline = pipeline
+        self._size = size
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="mlscore-run")
+        self._stuck = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._stuck < self._size
+
+    @property
+    def not_ready_reason(self) -> str:
+        return "" if self.ready else f"every scoring slot ({self._size}) is held by a run() past the scoring timeout"
+
+    async def start(self) -> None:
+        """Nothing to start: the script was loaded and init() ran in this process."""
+
+    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
+        """The pipeline's response, or a 504 after `timeout` seconds; releases `slot` when the
+        thread is free again."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, self._pipeline.handle, request)
+        # Released when the thread is really free: after a timeout or a cancelled wait too.
+        future.add_done_callback(lambda _: slot.release())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            self._stuck += 1
+            future.add_done_callback(self._unstick)
+            logger.error("run() passed the scoring timeout of %d ms; its slot stays held until it returns",
+                         round(timeout * 1000))
+            return timeout_response(round(timeout * 1000))
+
+    def _unstick(self, _future: object) -> None:
+        self._stuck -= 1
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_executor(settings: Settings, pipeline: ScoringPipeline) -> ThreadExecutor:
+    return ThreadExecutor(pipeline, settings.max_concurrent_requests)
