@@ -62,8 +62,8 @@ class AdmissionQueue:
             return Slot(self)
         return None
 
-    async def acquire(self, deadline: float) -> Slot:
-        """A slot, waiting at most until `deadline` (the loop's clock); raises Rejected."""
+    async def acquire(self, wait: float) -> Slot:
+        """A slot, waiting at most `wait` seconds; raises Rejected."""
         slot = self.try_acquire()
         if slot is not None:
             return slot
@@ -73,7 +73,7 @@ class AdmissionQueue:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Slot] = loop.create_future()
         self._waiters.append(waiter)
-        timer = loop.call_at(deadline, self._expire, waiter, round((deadline - loop.time()) * 1000))
+        timer = loop.call_later(wait, self._expire, waiter, round(wait * 1000))
         try:
             return await waiter
         except asyncio.CancelledError:

@@ -100,7 +100,7 @@ class Routes:
         slot = admission.try_acquire()
         if slot is None:
             try:
-                slot = await self._wait_for_slot(arrived + min(budget, self._queue_wait), receive)
+                slot = await self._wait_for_slot(min(budget, self._queue_wait), receive)
             except Rejected as rejected:
                 headers = [(b"retry-after", str(rejected.retry_after).encode()), *ids]
                 return json_error(503, rejected.message, headers)
@@ -135,10 +135,10 @@ class Routes:
                              f"got {header.decode('latin-1')!r}.")
         return min(limit, int(header) / 1000.0)
 
-    async def _wait_for_slot(self, deadline: float, receive: Receive) -> Slot:
+    async def _wait_for_slot(self, wait: float, receive: Receive) -> Slot:
         """Wait in the queue while watching the connection: a client that leaves is taken out of
         the queue, and run() is never called for it."""
-        waiting = asyncio.ensure_future(self.state.admission.acquire(deadline))
+        waiting = asyncio.ensure_future(self.state.admission.acquire(wait))
         watching = asyncio.ensure_future(_disconnected(receive))
         done, _ = await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
         if waiting in done:
