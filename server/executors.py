@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.pipeline import ScoringPipeline, error_response
 from mlscore.server.admission import Slot
-from mlscore.server.settings import Settings
 
 logger = logging.getLogger("mlscore.server")
 
@@ -63,35 +62,3 @@ class ThreadExecutor:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class InlineExecutor:
-    """Scores on the event loop itself: the speed of the floor, but a running run() delays every
-    other answer and the scoring timeout cannot be enforced. Stands in for `processes` until the
-    supervised worker processes are built (issue 3); the start-up log says so."""
-
-    name = "inline"
-    ready = True
-    not_ready_reason = ""
-
-    def __init__(self, pipeline: ScoringPipeline) -> None:
-        self._pipeline = pipeline
-
-    async def start(self) -> None:
-        logger.warning("executor 'processes' is not built yet: scoring runs on the event loop, "
-                       "without a scoring timeout; use --executor threads for timeouts")
-
-    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
-        try:
-            return self._pipeline.handle(request)
-        finally:
-            slot.release()
-
-    async def close(self) -> None:
-        """Nothing to stop."""
-
-
-def make_executor(settings: Settings, pipeline: ScoringPipeline) -> ThreadExecutor | InlineExecutor:
-    if settings.executor == "threads":
-        return ThreadExecutor(pipeline, settings.max_concurrent_requests)
-    return InlineExecutor(pipeline)

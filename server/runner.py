@@ -17,7 +17,8 @@ from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue
 from mlscore.server.app import ServerState, create_app
-from mlscore.server.executors import make_executor
+from mlscore.server.executors import ThreadExecutor
+from mlscore.server.supervisor import ProcessExecutor
 from mlscore.server.settings import Settings, log_level_number
 
 logger = logging.getLogger("mlscore.server")
@@ -84,10 +85,11 @@ def start(settings: Settings) -> Started:
 
 
 def build_state(settings: Settings) -> ServerState:
-    """Load the entry script, run init() and the warm-up, build Swagger: a state ready to serve."""
+    """Load the entry script, start the executor (init() and the warm-up run where the executor
+    scores), build Swagger: a state ready to serve."""
     if settings.model_dir is not None:
         os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
-    pipeline = _load(settings)
+    pipeline = load_script(settings)
     try:
         swagger = SwaggerDocuments.build(
             pipeline.run, app_root=settings.app_root, service_name=settings.service_name,
@@ -96,9 +98,16 @@ def build_state(settings: Settings) -> ServerState:
     except ValueError as error:  # a user-supplied swagger file that is not JSON
         raise StartupError(str(error), EXIT_STARTUP_FAILED) from error
     admission = AdmissionQueue(settings.max_concurrent_requests, settings.max_queue_size, settings.max_queue_wait_ms)
-    state = ServerState(settings=settings, admission=admission, executor=make_executor(settings, pipeline),
-                        swagger=swagger)
-    _warm_up(pipeline, state)
+    if settings.executor == "processes":
+        executor: ProcessExecutor | ThreadExecutor = ProcessExecutor.launch(settings)
+        state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
+        _report_warm_up(state, executor.warm_up_error)
+        return state
+    logger.info("running init()")
+    pipeline.script.call_init()
+    executor = ThreadExecutor(pipeline, settings.max_concurrent_requests)
+    state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
+    _report_warm_up(state, warm_up(pipeline))
     return state
 
 
@@ -146,27 +155,38 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def _load(settings: Settings) -> ScoringPipeline:
+def load_script(settings: Settings) -> ScoringPipeline:
+    """The entry script imported and its input mode decided; init() not run yet."""
     assert settings.entry_script is not None
     path = resolve_script_path(settings.entry_script, settings.app_root)
     source_directory = settings.source_directory
     if source_directory is not None and not source_directory.is_absolute():
         source_directory = settings.app_root / source_directory
-    script = load_entry_script(path, source_directory)
-    pipeline = ScoringPipeline(script)
-    logger.info("entry script %s loaded (input mode: %s); running init()", path, pipeline.mode.name)
-    script.call_init()
+    pipeline = ScoringPipeline(load_entry_script(path, source_directory))
+    logger.info("entry script %s loaded (input mode: %s)", path, pipeline.mode.name)
     return pipeline
 
 
-def _warm_up(pipeline: ScoringPipeline, state: ServerState) -> None:
-    """One run() with the input sample before reporting ready; a failure keeps the replica unready."""
+def load_pipeline(settings: Settings) -> ScoringPipeline:
+    """The entry script loaded and its init() run: what a scoring worker serves with."""
+    pipeline = load_script(settings)
+    pipeline.script.call_init()
+    return pipeline
+
+
+def warm_up(pipeline: ScoringPipeline) -> str:
+    """One run() with the input sample; the error as text, or "" when it passed (or has no sample)."""
     try:
-        warmed = pipeline.warm_up()
+        pipeline.warm_up()
     except Exception as error:
         logger.exception("warm-up run() with the input sample failed")
-        state.not_ready_reason = f"warm-up run() with the input sample failed: {type(error).__name__}: {error}"
-        return
-    logger.info("init() done%s", "; warm-up run() with the input sample passed" if warmed else "")
-    state.ready = True
-    state.not_ready_reason = ""
+        return f"warm-up run() with the input sample failed: {type(error).__name__}: {error}"
+    return ""
+
+
+def _report_warm_up(state: ServerState, error: str) -> None:
+    """Readiness waits for a passed warm-up; a failed one keeps the replica unready, with the reason."""
+    state.ready = not error
+    state.not_ready_reason = error
+    if not error:
+        logger.info("init() and warm-up done")

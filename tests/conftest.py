@@ -137,7 +137,8 @@ def client_for():
     clients = []
 
     def make(script: str, env: dict[str, str] | None = None, **cli) -> TestClient:
-        settings = Settings.build({"entry_script": str(SCRIPTS / script), **cli}, environ=env or {})
+        settings = Settings.build({"entry_script": str(SCRIPTS / script), "executor": "threads", **cli},
+                                  environ=env or {})
         client = TestClient(create_app(build_state(settings)), raise_server_exceptions=False)
         client.__enter__()  # runs the app's lifespan: the executor starts
         clients.append(client)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SCRIPTS, start_server
 
-EXECUTORS = ["threads"]
+EXECUTORS = ["threads", "processes"]
 
 
 def post(url: str, ms: int, tag: str = "-", headers: dict[str, str] | None = None, timeout: float = 30) -> httpx.Response:

@@ -1,0 +1,201 @@
+"""The `processes` executor: supervised worker processes, each of which ran init() once.
+
+The front hands a worker the raw request and gets raw response bytes back over a socket pair. A
+worker past the scoring timeout is killed and replaced; one that dies costs only the request it
+held. Either way its slot is released only when the replacement is ready, so capacity is never
+over-promised. Replacements whose init() fails are retried with backoff, and readiness says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import socket
+import time
+from dataclasses import dataclass, field
+
+from mlscore.scoring.entry_script import EntryScriptError
+from mlscore.scoring.messages import RawRequest, RawResponse
+from mlscore.scoring.pipeline import error_response
+from mlscore.server.admission import Slot
+from mlscore.server.executors import timeout_response
+from mlscore.server.settings import Settings
+from mlscore.server.worker import read_frame, read_frame_blocking, request_frame, response_from_frame, worker_main
+
+logger = logging.getLogger("mlscore.server")
+MAX_BACKOFF = 30.0
+
+
+@dataclass(eq=False)
+class Worker:
+    process: multiprocessing.process.BaseProcess
+    sock: socket.socket
+    pid: int = 0
+    warm_up_error: str = ""
+    reader: asyncio.StreamReader | None = field(default=None, repr=False)
+    writer: asyncio.StreamWriter | None = field(default=None, repr=False)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            self.sock.close()
+
+
+def spawn_worker(settings: Settings) -> Worker:
+    """Start one worker and block until it is ready; EntryScriptError when its init() failed."""
+    front, back = socket.socketpair()
+    process = multiprocessing.get_context("spawn").Process(
+        target=worker_main, args=(settings, back), name="mlscore-worker", daemon=True
+    )
+    process.start()
+    back.close()
+    frame = read_frame_blocking(front)
+    if frame is None or "init_error" in frame[0]:
+        process.join(timeout=5)
+        front.close()
+        cause = frame[0]["init_error"] if frame else f"the worker exited with status {process.exitcode}"
+        raise EntryScriptError(settings.entry_script or "?", cause)
+    return Worker(process, front, pid=frame[0]["pid"], warm_up_error=frame[0].get("warm_up_error", ""))
+
+
+class ProcessExecutor:
+    name = "processes"
+
+    def __init__(self, settings: Settings, workers: list[Worker]) -> None:
+        self._settings = settings
+        self._workers = workers
+        self._idle: asyncio.Queue[Worker] | None = None
+        self._alive = 0
+        self._problem = ""
+        self._closing = False
+        self.restarts = 0
+
+    @classmethod
+    def launch(cls, settings: Settings) -> "ProcessExecutor":
+        """Start the first workers before the server listens: a failing init() stops the start."""
+        workers: list[Worker] = []
+        try:
+            for _ in range(settings.workers):
+                workers.append(spawn_worker(settings))
+        except BaseException:
+            for worker in workers:
+                worker.kill()
+            raise
+        logger.info("%d scoring worker(s) ready: pids %s", len(workers), ", ".join(str(w.pid) for w in workers))
+        return cls(settings, workers)
+
+    @property
+    def warm_up_error(self) -> str:
+        return next((worker.warm_up_error for worker in self._workers if worker.warm_up_error), "")
+
+    @property
+    def ready(self) -> bool:
+        return self._alive > 0
+
+    @property
+    def not_ready_reason(self) -> str:
+        if self.ready:
+            return ""
+        return self._problem or "every scoring worker is being replaced after a scoring timeout or a crash"
+
+    async def start(self) -> None:
+        self._idle = asyncio.Queue()
+        for worker in self._workers:
+            await self._attach(worker)
+
+    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
+        worker = await self._next_idle()
+        assert worker.reader is not None and worker.writer is not None
+        try:
+            worker.writer.write(request_frame(request, time.time() + timeout))
+            await worker.writer.drain()
+            meta, body = await asyncio.wait_for(read_frame(worker.reader), timeout)
+        except asyncio.TimeoutError:
+            logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", round(timeout * 1000),
+                         worker.pid)
+            self._retire(worker, slot)
+            return timeout_response(round(timeout * 1000))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            logger.error("worker %d died while scoring (exit status %s)", worker.pid, worker.process.exitcode)
+            self._retire(worker, slot)
+            return error_response(500, "The worker process scoring this request died; it is being replaced.",
+                                  run_failed=True)
+        except asyncio.CancelledError:
+            # Nobody waits for this answer any more, but the worker must finish it before its next one.
+            asyncio.ensure_future(self._drain(worker, slot, timeout))
+            raise
+        self._idle_put(worker)
+        slot.release()
+        return response_from_frame(meta, body)
+
+    async def close(self) -> None:
+        self._closing = True
+        for worker in self._workers:
+            worker.kill()
+        for worker in self._workers:
+            worker.process.join(timeout=5)
+
+    async def _attach(self, worker: Worker) -> None:
+        worker.sock.setblocking(False)
+        worker.reader, worker.writer = await asyncio.open_connection(sock=worker.sock)
+        self._alive += 1
+        self._idle_put(worker)
+
+    def _idle_put(self, worker: Worker) -> None:
+        assert self._idle is not None
+        self._idle.put_nowait(worker)
+
+    async def _next_idle(self) -> Worker:
+        assert self._idle is not None
+        while True:
+            worker = await self._idle.get()
+            if worker.process.is_alive():
+                return worker
+            logger.error("worker %d died while idle (exit status %s)", worker.pid, worker.process.exitcode)
+            self._retire(worker, None)
+
+    async def _drain(self, worker: Worker, slot: Slot, timeout: float) -> None:
+        assert worker.reader is not None
+        try:
+            await asyncio.wait_for(read_frame(worker.reader), timeout)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            self._retire(worker, slot)
+            return
+        self._idle_put(worker)
+        slot.release()
+
+    def _retire(self, worker: Worker, slot: Slot | None) -> None:
+        worker.kill()
+        self._alive -= 1
+        self._workers.remove(worker)
+        asyncio.ensure_future(self._replace(slot))
+
+    async def _replace(self, slot: Slot | None) -> None:
+        """Start a replacement, retrying a failing init() with backoff; the slot of the request that
+        cost the old worker is released only when the new one is ready."""
+        delay = 0.5
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                worker = await loop.run_in_executor(None, spawn_worker, self._settings)
+            except EntryScriptError as error:
+                self._problem = f"a replacement worker's init() failed: {error.cause}; retrying in {delay:g} s"
+                logger.error("%s", self._problem)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            if self._closing:
+                worker.kill()
+                break
+            self.restarts += 1
+            self._problem = ""
+            self._workers.append(worker)
+            await self._attach(worker)
+            logger.info("replacement worker %d ready", worker.pid)
+            break
+        if slot is not None:
+            slot.release()
