@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from mlscore.scoring.entry_script import EntryScriptError
@@ -21,10 +22,52 @@ from mlscore.scoring.pipeline import error_response
 from mlscore.server.admission import Slot
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
-from mlscore.server.worker import read_frame, read_frame_blocking, request_frame, response_from_frame, worker_main
+from mlscore.server.worker import FrameBuffer, read_control_blocking, request_frame, worker_main
 
 logger = logging.getLogger("mlscore.server")
 MAX_BACKOFF = 30.0
+
+
+class WorkerConnection(asyncio.Protocol):
+    """The front's end of one worker's socket: sends request frames and resolves their futures, in
+    order, as the response frames arrive."""
+
+    def __init__(self) -> None:
+        self._buffer = FrameBuffer()
+        self._pending: deque[asyncio.Future[RawResponse]] = deque()
+        self._transport: asyncio.WriteTransport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio's classes
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self._buffer.feed(data):
+            if self._pending and isinstance(frame, RawResponse):
+                waiter = self._pending.popleft()
+                if not waiter.done():
+                    waiter.set_result(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        while self._pending:
+            waiter = self._pending.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the worker closed its socket"))
+
+    def send(self, frame: bytes) -> asyncio.Future[RawResponse]:
+        assert self._transport is not None
+        waiter: asyncio.Future[RawResponse] = asyncio.get_running_loop().create_future()
+        if self.lost:
+            waiter.set_exception(ConnectionError("the worker closed its socket"))
+            return waiter
+        self._pending.append(waiter)
+        self._transport.write(frame)
+        return waiter
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 @dataclass(eq=False)
@@ -33,14 +76,13 @@ class Worker:
     sock: socket.socket
     pid: int = 0
     warm_up_error: str = ""
-    reader: asyncio.StreamReader | None = field(default=None, repr=False)
-    writer: asyncio.StreamWriter | None = field(default=None, repr=False)
+    connection: WorkerConnection | None = field(default=None, repr=False)
 
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
-        if self.writer is not None:
-            self.writer.close()
+        if self.connection is not None:
+            self.connection.close()
         else:
             self.sock.close()
 
@@ -53,13 +95,13 @@ def spawn_worker(settings: Settings) -> Worker:
     )
     process.start()
     back.close()
-    frame = read_frame_blocking(front)
-    if frame is None or "init_error" in frame[0]:
+    message = read_control_blocking(front)
+    if message is None or "init_error" in message:
         process.join(timeout=5)
         front.close()
-        cause = frame[0]["init_error"] if frame else f"the worker exited with status {process.exitcode}"
+        cause = message["init_error"] if message else f"the worker exited with status {process.exitcode}"
         raise EntryScriptError(settings.entry_script or "?", cause)
-    return Worker(process, front, pid=frame[0]["pid"], warm_up_error=frame[0].get("warm_up_error", ""))
+    return Worker(process, front, pid=message["pid"], warm_up_error=message.get("warm_up_error", ""))
 
 
 class ProcessExecutor:
@@ -109,28 +151,27 @@ class ProcessExecutor:
 
     async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
         worker = await self._next_idle()
-        assert worker.reader is not None and worker.writer is not None
+        assert worker.connection is not None
+        answer = worker.connection.send(request_frame(request, time.time() + timeout))
         try:
-            worker.writer.write(request_frame(request, time.time() + timeout))
-            await worker.writer.drain()
-            meta, body = await asyncio.wait_for(read_frame(worker.reader), timeout)
+            response = await asyncio.wait_for(asyncio.shield(answer), timeout)
         except asyncio.TimeoutError:
             logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", round(timeout * 1000),
                          worker.pid)
             self._retire(worker, slot)
             return timeout_response(round(timeout * 1000))
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except ConnectionError:
             logger.error("worker %d died while scoring (exit status %s)", worker.pid, worker.process.exitcode)
             self._retire(worker, slot)
             return error_response(500, "The worker process scoring this request died; it is being replaced.",
                                   run_failed=True)
         except asyncio.CancelledError:
             # Nobody waits for this answer any more, but the worker must finish it before its next one.
-            asyncio.ensure_future(self._drain(worker, slot, timeout))
+            answer.add_done_callback(lambda done: self._after_abandoned(worker, slot, done))
             raise
         self._idle_put(worker)
         slot.release()
-        return response_from_frame(meta, body)
+        return response
 
     async def close(self) -> None:
         self._closing = True
@@ -141,7 +182,7 @@ class ProcessExecutor:
 
     async def _attach(self, worker: Worker) -> None:
         worker.sock.setblocking(False)
-        worker.reader, worker.writer = await asyncio.open_connection(sock=worker.sock)
+        _, worker.connection = await asyncio.get_running_loop().create_connection(WorkerConnection, sock=worker.sock)
         self._alive += 1
         self._idle_put(worker)
 
@@ -158,11 +199,8 @@ class ProcessExecutor:
             logger.error("worker %d died while idle (exit status %s)", worker.pid, worker.process.exitcode)
             self._retire(worker, None)
 
-    async def _drain(self, worker: Worker, slot: Slot, timeout: float) -> None:
-        assert worker.reader is not None
-        try:
-            await asyncio.wait_for(read_frame(worker.reader), timeout)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+    def _after_abandoned(self, worker: Worker, slot: Slot, answer: asyncio.Future[RawResponse]) -> None:
+        if answer.cancelled() or answer.exception() is not None:
             self._retire(worker, slot)
             return
         self._idle_put(worker)

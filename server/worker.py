@@ -1,18 +1,21 @@
 """A scoring worker process, and the frames it exchanges with the front over a socket pair.
 
-A frame is `meta length, body length` (two big-endian u32), the metadata as JSON, then the raw
-body bytes: request and response bodies cross as they are, never pickled or re-encoded.
+Frames are a fixed binary header, then NUL-separated text fields, then the raw body: request and
+response bodies cross as they are, never pickled or re-encoded.
+
+    request   !dIII  deadline (wall clock), line, headers and body lengths | method\\0path\\0query | headers | body
+    response  !HdBII status (0: a control message), run ms (NaN: none), failed, headers and body lengths | headers | body
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
 import os
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -20,58 +23,99 @@ from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.pipeline import error_response
 
-HEADER = struct.Struct("!II")
+REQUEST = struct.Struct("!dIII")
+RESPONSE = struct.Struct("!HdBII")
+CONTROL = 0
 logger = logging.getLogger("mlscore.worker")
 
 
-def encode_frame(meta: dict[str, Any], body: bytes = b"") -> bytes:
-    encoded = orjson.dumps(meta)
-    return HEADER.pack(len(encoded), len(body)) + encoded + body
+def pack_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\0".join([part for pair in headers for part in pair])
+
+
+def unpack_headers(block: bytes) -> list[tuple[bytes, bytes]]:
+    if not block:
+        return []
+    parts = block.split(b"\0")
+    return list(zip(parts[0::2], parts[1::2]))
 
 
 def request_frame(request: RawRequest, deadline: float) -> bytes:
     """`deadline` is wall-clock (time.time()), so that the worker can tell a request that expired
     while it was waiting in the pipe."""
-    meta = {
-        "m": request.method, "p": request.path, "q": request.query.decode("latin-1"), "dl": deadline,
-        "h": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in request.headers],
-    }
-    return encode_frame(meta, request.body)
+    line = b"\0".join((request.method.encode(), request.path.encode("utf-8", "surrogateescape"), request.query))
+    headers = pack_headers(request.headers)
+    return REQUEST.pack(deadline, len(line), len(headers), len(request.body)) + line + headers + request.body
 
 
-def response_from_frame(meta: dict[str, Any], body: bytes) -> RawResponse:
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in meta["h"]]
-    return RawResponse(meta["s"], headers, body, run_ms=meta["ms"], run_failed=meta["f"])
+def response_frame(response: RawResponse) -> bytes:
+    body = response.body
+    if not isinstance(body, bytes):  # a streamed body is gathered here: streaming across the boundary is not built yet
+        try:
+            body = b"".join(body)
+        except Exception:
+            logger.exception("the streamed body of run()'s response raised")
+            return response_frame(error_response(500, "run()'s streamed response failed.", run_failed=True))
+    headers = pack_headers(response.headers)
+    run_ms = math.nan if response.run_ms is None else response.run_ms
+    return RESPONSE.pack(response.status, run_ms, response.run_failed, len(headers), len(body)) + headers + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
-    meta_length, body_length = HEADER.unpack(await reader.readexactly(HEADER.size))
-    meta = orjson.loads(await reader.readexactly(meta_length))
-    return meta, await reader.readexactly(body_length)
+def control_frame(message: dict[str, Any]) -> bytes:
+    body = orjson.dumps(message)
+    return RESPONSE.pack(CONTROL, math.nan, False, 0, len(body)) + body
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
+class FrameBuffer:
+    """Collects bytes from the socket and yields complete response frames (the front's side)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, data: bytes) -> list[RawResponse | dict[str, Any]]:
+        self._data += data
+        frames: list[RawResponse | dict[str, Any]] = []
+        while len(self._data) >= RESPONSE.size:
+            status, run_ms, failed, headers_length, body_length = RESPONSE.unpack_from(self._data)
+            end = RESPONSE.size + headers_length + body_length
+            if len(self._data) < end:
+                break
+            headers = bytes(self._data[RESPONSE.size:RESPONSE.size + headers_length])
+            body = bytes(self._data[RESPONSE.size + headers_length:end])
+            del self._data[:end]
+            if status == CONTROL:
+                frames.append(orjson.loads(body))
+            else:
+                frames.append(RawResponse(status, unpack_headers(headers), body,
+                                          run_ms=None if math.isnan(run_ms) else run_ms, run_failed=bool(failed)))
+        return frames
+
+
+def read_control_blocking(sock: socket.socket) -> dict[str, Any] | None:
+    """The worker's first message (ready, or why init() failed); None if it died first."""
+    stream = sock.makefile("rb")
+    try:
+        header = stream.read(RESPONSE.size)
+        if len(header) < RESPONSE.size:
             return None
-        chunks += chunk
-    return bytes(chunks)
+        *_, headers_length, body_length = RESPONSE.unpack(header)
+        return orjson.loads(stream.read(headers_length + body_length)[headers_length:])
+    finally:
+        stream.close()
 
 
-def _read_request(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
-    header = _recv_exactly(sock, HEADER.size)
-    if header is None:
+def _read_request(stream: BinaryIO) -> tuple[float, RawRequest] | None:
+    header = stream.read(REQUEST.size)
+    if len(header) < REQUEST.size:
         return None
-    meta_length, body_length = HEADER.unpack(header)
-    meta = orjson.loads(_recv_exactly(sock, meta_length) or b"{}")
-    return meta, (_recv_exactly(sock, body_length) or b"") if body_length else b""
-
-
-def read_frame_blocking(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
-    """One frame from a blocking socket; None at end of stream."""
-    return _read_request(sock)
+    deadline, line_length, headers_length, body_length = REQUEST.unpack(header)
+    payload = stream.read(line_length + headers_length + body_length)
+    if len(payload) < line_length + headers_length + body_length:
+        return None
+    method, path, query = payload[:line_length].split(b"\0", 2)
+    headers = unpack_headers(payload[line_length:line_length + headers_length])
+    body = payload[line_length + headers_length:]
+    return deadline, RawRequest(method.decode(), path.decode("utf-8", "surrogateescape"), query, headers, body)
 
 
 def worker_main(settings: Any, sock: socket.socket) -> None:
@@ -84,34 +128,17 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
         pipeline = load_pipeline(settings)
     except EntryScriptError as error:
         logger.error("worker %d: %s", os.getpid(), error, exc_info=error.__cause__ or error)
-        sock.sendall(encode_frame({"init_error": error.cause}))
+        sock.sendall(control_frame({"init_error": error.cause}))
         raise SystemExit(3)
-    sock.sendall(encode_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up(pipeline)}))
+    sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up(pipeline)}))
+    stream = sock.makefile("rb")
     while True:
-        frame = _read_request(sock)
+        frame = _read_request(stream)
         if frame is None:
             return
-        meta, body = frame
-        if meta["dl"] < time.time():
+        deadline, request = frame
+        if deadline < time.time():
             response = error_response(504, "The request's deadline passed before a worker could run it.")
         else:
-            headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in meta["h"]]
-            request = RawRequest(meta["m"], meta["p"], meta["q"].encode("latin-1"), headers, body)
             response = pipeline.handle(request)
-        sock.sendall(_response_frame(response))
-
-
-def _response_frame(response: RawResponse) -> bytes:
-    if isinstance(response.body, bytes):
-        body = response.body
-    else:  # a streamed body is gathered here: streaming across the boundary is not built yet
-        try:
-            body = b"".join(response.body)
-        except Exception:
-            logger.exception("the streamed body of run()'s response raised")
-            return _response_frame(error_response(500, "run()'s streamed response failed.", run_failed=True))
-    meta = {
-        "s": response.status, "ms": response.run_ms, "f": response.run_failed,
-        "h": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in response.headers],
-    }
-    return encode_frame(meta, body)
+        sock.sendall(response_frame(response))
