@@ -15,6 +15,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
@@ -29,12 +30,12 @@ MAX_BACKOFF = 30.0
 
 
 class WorkerConnection(asyncio.Protocol):
-    """The front's end of one worker's socket: sends request frames and resolves their futures, in
-    order, as the response frames arrive."""
+    """The front's end of one worker's socket: sends request frames and, as the response frames
+    arrive in order, runs each request's bookkeeping and resolves its future (if anyone still waits)."""
 
     def __init__(self) -> None:
         self._buffer = FrameBuffer()
-        self._pending: deque[asyncio.Future[RawResponse]] = deque()
+        self._pending: deque[tuple[asyncio.Future[RawResponse], Callable[[], None]]] = deque()
         self._transport: asyncio.WriteTransport | None = None
         self.lost = False
 
@@ -43,25 +44,29 @@ class WorkerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for frame in self._buffer.feed(data):
-            if self._pending and isinstance(frame, RawResponse):
-                waiter = self._pending.popleft()
-                if not waiter.done():
-                    waiter.set_result(frame)
+            if not self._pending or not isinstance(frame, RawResponse):
+                continue
+            waiter, answered = self._pending.popleft()
+            answered()
+            if not waiter.done():
+                waiter.set_result(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         while self._pending:
-            waiter = self._pending.popleft()
+            waiter, _ = self._pending.popleft()
             if not waiter.done():
                 waiter.set_exception(ConnectionError("the worker closed its socket"))
 
-    def send(self, frame: bytes) -> asyncio.Future[RawResponse]:
+    def send(self, frame: bytes, answered: Callable[[], None]) -> asyncio.Future[RawResponse]:
+        """The future of this request's response; `answered` runs when the worker has answered, even
+        if nobody awaits the future any more."""
         assert self._transport is not None
         waiter: asyncio.Future[RawResponse] = asyncio.get_running_loop().create_future()
         if self.lost:
             waiter.set_exception(ConnectionError("the worker closed its socket"))
             return waiter
-        self._pending.append(waiter)
+        self._pending.append((waiter, answered))
         self._transport.write(frame)
         return waiter
 
@@ -152,9 +157,13 @@ class ProcessExecutor:
     async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
         worker = await self._next_idle()
         assert worker.connection is not None
-        answer = worker.connection.send(request_frame(request, time.time() + timeout))
+        # The worker goes back to the idle set when it has answered, whether or not the client still
+        # waits: a client that disconnects must not leave its worker marked busy.
+        answer = worker.connection.send(request_frame(request, time.time() + timeout),
+                                        lambda: self._answered(worker, slot))
+        timer = asyncio.get_running_loop().call_later(timeout, _time_out, answer)
         try:
-            response = await asyncio.wait_for(asyncio.shield(answer), timeout)
+            return await answer
         except asyncio.TimeoutError:
             logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", round(timeout * 1000),
                          worker.pid)
@@ -165,13 +174,12 @@ class ProcessExecutor:
             self._retire(worker, slot)
             return error_response(500, "The worker process scoring this request died; it is being replaced.",
                                   run_failed=True)
-        except asyncio.CancelledError:
-            # Nobody waits for this answer any more, but the worker must finish it before its next one.
-            answer.add_done_callback(lambda done: self._after_abandoned(worker, slot, done))
-            raise
+        finally:
+            timer.cancel()
+
+    def _answered(self, worker: Worker, slot: Slot) -> None:
         self._idle_put(worker)
         slot.release()
-        return response
 
     async def close(self) -> None:
         self._closing = True
@@ -198,13 +206,6 @@ class ProcessExecutor:
                 return worker
             logger.error("worker %d died while idle (exit status %s)", worker.pid, worker.process.exitcode)
             self._retire(worker, None)
-
-    def _after_abandoned(self, worker: Worker, slot: Slot, answer: asyncio.Future[RawResponse]) -> None:
-        if answer.cancelled() or answer.exception() is not None:
-            self._retire(worker, slot)
-            return
-        self._idle_put(worker)
-        slot.release()
 
     def _retire(self, worker: Worker, slot: Slot | None) -> None:
         worker.kill()
@@ -237,3 +238,8 @@ class ProcessExecutor:
             break
         if slot is not None:
             slot.release()
+
+
+def _time_out(answer: asyncio.Future[RawResponse]) -> None:
+    if not answer.done():
+        answer.set_exception(asyncio.TimeoutError())
