@@ -17,7 +17,7 @@ from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue
 from mlscore.server.app import ServerState, create_app
-from mlscore.server.executors import ThreadExecutor
+from mlscore.server.executors import InlineExecutor, ThreadExecutor
 from mlscore.server.supervisor import ProcessExecutor
 from mlscore.server.settings import Settings, log_level_number
 
@@ -105,7 +105,10 @@ def build_state(settings: Settings) -> ServerState:
         return state
     logger.info("running init()")
     pipeline.script.call_init()
-    executor = ThreadExecutor(pipeline, settings.max_concurrent_requests)
+    executor: ThreadExecutor | InlineExecutor = (
+        ThreadExecutor(pipeline, settings.max_concurrent_requests) if settings.executor == "threads"
+        else InlineExecutor(pipeline)
+    )
     state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
     _report_warm_up(state, warm_up(pipeline))
     return state

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-EXECUTORS = ("processes", "threads")
+EXECUTORS = ("processes", "threads", "inline")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 

@@ -129,3 +129,13 @@ def test_client_that_disconnects_while_queued_never_reaches_run(sleepy):
         assert holder.result().status_code == 200
     assert post(sleepy.url, 0, "after").status_code == 200
     assert sleepy.calls.read_text().split() == ["holder", "after"]
+
+
+def test_inline_executor_scores_on_the_event_loop_and_queues_behind_it(tmp_path):
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "sleepy.py"), "--executor", "inline")
+    try:
+        response = post(server.url, 0)
+        assert response.status_code == 200 and response.json()["pid"] == server.process.pid
+        assert "scoring timeout is not enforced" in server.log()
+    finally:
+        server.stop()

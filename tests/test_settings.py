@@ -48,7 +48,7 @@ def test_auth_keys_from_environment_and_are_redacted():
     [
         ({"max_concurrent_requests": "many"}, "--max-concurrent-requests='many': must be an integer"),
         ({"workers": "0"}, "--workers=0: must be between 1 and 256"),
-        ({"executor": "gpu"}, "must be one of processes, threads"),
+        ({"executor": "gpu"}, "must be one of processes, threads, inline"),
         ({"auth_key": ["a", "b", "c"]}, "at most two keys"),
     ],
 )

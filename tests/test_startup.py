@@ -59,7 +59,7 @@ def test_no_entry_script_is_a_clear_error(tmp_path):
         (["--max-concurrent-requests", "0"], "--max-concurrent-requests=0: must be between 1 and 1000"),
         (["--max-queue-wait-ms", "soon"], "--max-queue-wait-ms='soon': must be an integer"),
         (["--scoring-timeout-ms", "-5"], "--scoring-timeout-ms=-5"),
-        (["--executor", "fork"], "--executor='fork': must be one of processes, threads"),
+        (["--executor", "fork"], "--executor='fork': must be one of processes, threads, inline"),
         (["--log-level", "loud"], "--log-level='loud': must be one of"),
     ],
 )
