@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot
 from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception
+from mlscore.server.metrics import Metrics
 from mlscore.server.routes import Routes
 from mlscore.server.settings import Settings
 
@@ -48,6 +49,7 @@ class ServerState:
     admission: AdmissionQueue
     executor: Executor
     swagger: SwaggerDocuments
+    metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False  # init() and the warm-up passed
     not_ready_reason: str = "starting"
 
@@ -62,6 +64,7 @@ def create_app(state: ServerState) -> ASGIApp:
         Route("/v2/health/live", routes.live, methods=health),
         Route("/v2/health/ready", routes.ready, methods=health),
         Route("/swagger.json", routes.swagger, methods=["GET"]),
+        Route("/metrics", routes.metrics, methods=["GET"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,7 +72,8 @@ def create_app(state: ServerState) -> ASGIApp:
         yield
         await state.executor.close()
 
-    app: ASGIApp = ScoreFirst(routes, Starlette(
+    state.metrics.watch(state)
+    app: ASGIApp = ScoreFirst(routes, state.metrics, Starlette(
         routes=table,
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,
@@ -86,19 +90,38 @@ def create_app(state: ServerState) -> ASGIApp:
 
 
 class ScoreFirst:
-    """Answers /score itself and hands every other request to the Starlette app."""
+    """Answers /score itself and hands every other request to the Starlette app, counting both."""
 
-    def __init__(self, routes: Routes, other: ASGIApp) -> None:
+    def __init__(self, routes: Routes, metrics: Metrics, other: ASGIApp) -> None:
         self._routes = routes
+        self._metrics = metrics
         self._other = other
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/score":
+        if scope["type"] != "http":
             await self._other(scope, receive, send)
+            return
+        if scope["path"] != "/score":
+            await self._other(scope, receive, self._counting(scope["path"], send))
             return
         try:
             response = await self._routes.score(scope, receive)
         except Exception:
             logger.exception("unhandled error answering %s /score", scope["method"])
             response = json_error(500, INTERNAL_ERROR)
+        self._metrics.request("/score", response.status_code)
         await response(scope, receive, send)
+
+    def _counting(self, path: str, send: Send) -> Send:
+        route = path if path in KNOWN_ROUTES else "other"
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._metrics.request(route, message["status"])
+            await send(message)
+
+        return counted
+
+
+KNOWN_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",
+                          "/swagger.json", "/metrics"})

@@ -20,8 +20,10 @@ logger = logging.getLogger("mlscore.server")
 
 
 def timeout_response(timeout_ms: int) -> RawResponse:
-    return error_response(504, f"run() did not finish within the scoring timeout of {timeout_ms} ms.",
-                          run_failed=True)
+    response = error_response(504, f"run() did not finish within the scoring timeout of {timeout_ms} ms.",
+                              run_failed=True)
+    response.failure = "scoring_timeout"
+    return response
 
 
 class ThreadExecutor:

@@ -15,6 +15,7 @@ from mlscore.scoring.messages import RawRequest
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
 from mlscore.server.admission import Rejected, Slot
 from mlscore.server.errors import BytesResponse, json_error
+from mlscore.server.metrics import CONTENT_TYPE
 from mlscore.server.request_ids import RequestIdTooLong, pick_headers, response_id_headers
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class Routes:
         body = orjson.dumps({"ready": False, "message": reason})
         return BytesResponse(503, [(b"content-type", b"application/json"), (b"retry-after", b"1")], body)
 
+    async def metrics(self, request: Request) -> Response:
+        return BytesResponse(200, [(b"content-type", CONTENT_TYPE)], self.state.metrics.exposition())
+
     async def swagger(self, request: Request) -> Response:
         try:
             document = self.state.swagger.get(request.query_params.get("version"))
@@ -89,6 +93,7 @@ class Routes:
         raw = RawRequest(method, scope["path"], scope["query_string"], scope["headers"], body)
         executor = self.state.executor
         if not executor.ready:
+            self.state.metrics.rejected("not_ready")
             return json_error(503, f"Not ready: {executor.not_ready_reason}.", [(b"retry-after", b"1"), *ids])
         try:
             budget = self._budget(picked.get(b"x-ms-request-timeout-ms"))
@@ -102,15 +107,20 @@ class Routes:
             try:
                 slot = await self._wait_for_slot(min(budget, self._queue_wait), receive)
             except Rejected as rejected:
+                self.state.metrics.rejected(rejected.reason)
                 headers = [(b"retry-after", str(rejected.retry_after).encode()), *ids]
                 return json_error(503, rejected.message, headers)
             except ClientDisconnect:
+                self.state.metrics.rejected("client_disconnect")
                 return json_error(400, "The client disconnected while waiting for a scoring slot.", ids)
         started = loop.time()
         try:
             result = await executor.score(raw, slot, min(self._scoring_timeout, budget - (started - arrived)))
         finally:
             admission.record_hold(loop.time() - started)
+        self.state.metrics.scored(loop.time() - arrived, started - arrived, result.run_ms)
+        if result.failure:
+            self.state.metrics.rejected(result.failure)
         queue_ms = (started - arrived) * 1000.0
         headers = [item for item in result.headers if item[0] not in _SERVER_HEADERS]
         headers.extend(ids)

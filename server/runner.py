@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 import uvicorn
@@ -98,10 +99,12 @@ def build_state(settings: Settings) -> ServerState:
     except ValueError as error:  # a user-supplied swagger file that is not JSON
         raise StartupError(str(error), EXIT_STARTUP_FAILED) from error
     admission = AdmissionQueue(settings.max_concurrent_requests, settings.max_queue_size, settings.max_queue_wait_ms)
+    init_started = time.monotonic()
     if settings.executor == "processes":
         executor: ProcessExecutor | ThreadExecutor = ProcessExecutor.launch(settings)
         state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
         _report_warm_up(state, executor.warm_up_error)
+        state.metrics.init_seconds.set(time.monotonic() - init_started)
         return state
     logger.info("running init()")
     pipeline.script.call_init()
@@ -111,6 +114,7 @@ def build_state(settings: Settings) -> ServerState:
     )
     state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
     _report_warm_up(state, warm_up(pipeline))
+    state.metrics.init_seconds.set(time.monotonic() - init_started)
     return state
 
 

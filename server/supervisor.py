@@ -172,8 +172,10 @@ class ProcessExecutor:
         except ConnectionError:
             logger.error("worker %d died while scoring (exit status %s)", worker.pid, worker.process.exitcode)
             self._retire(worker, slot)
-            return error_response(500, "The worker process scoring this request died; it is being replaced.",
+            died = error_response(500, "The worker process scoring this request died; it is being replaced.",
                                   run_failed=True)
+            died.failure = "worker_died"
+            return died
         finally:
             timer.cancel()
 

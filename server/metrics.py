@@ -1,0 +1,66 @@
+"""Prometheus metrics, owned by the front process and served on `GET /metrics`.
+
+Each server gets its own registry, so that several apps in one process (tests) never share counts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from mlscore.server.app import ServerState
+
+REJECTION_REASONS = ("queue_full", "queue_timeout", "scoring_timeout", "client_disconnect", "worker_died", "not_ready")
+# Latency buckets from 0.5 ms to 60 s: scoring spans sub-millisecond linear models to minute-long ones.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter("mlscore_requests", "Requests answered, by route and status.",
+                                 ["route", "status"], registry=self.registry)
+        self._latency = Histogram("mlscore_request_duration_seconds", "End-to-end time of /score requests.",
+                                  buckets=BUCKETS, registry=self.registry)
+        self._queue = Histogram("mlscore_queue_wait_seconds", "Time /score requests waited for a scoring slot.",
+                                buckets=BUCKETS, registry=self.registry)
+        self._run = Histogram("mlscore_run_duration_seconds", "Time spent in run(), as the pipeline measured it.",
+                              buckets=BUCKETS, registry=self.registry)
+        self._rejections = Counter("mlscore_rejections", "Requests refused or cut short, by reason.",
+                                   ["reason"], registry=self.registry)
+        self.init_seconds = Gauge("mlscore_init_duration_seconds", "How long init() (and the first workers' "
+                                  "start) took.", registry=self.registry)
+        for reason in REJECTION_REASONS:
+            self._rejections.labels(reason)  # present at 0 from the start, so rates work at once
+        self._children: dict[tuple[str, int], Counter] = {}
+
+    def watch(self, state: "ServerState") -> None:
+        """Gauges read when scraped, from the admission queue and the executor."""
+        Gauge("mlscore_in_flight", "Requests holding a scoring slot.", registry=self.registry).set_function(
+            lambda: state.admission.in_use)
+        Gauge("mlscore_queue_depth", "Requests waiting for a scoring slot.", registry=self.registry).set_function(
+            lambda: state.admission.queued)
+        Gauge("mlscore_worker_restarts", "Scoring workers replaced after a timeout or a crash.",
+              registry=self.registry).set_function(lambda: getattr(state.executor, "restarts", 0))
+
+    def request(self, route: str, status: int) -> None:
+        child = self._children.get((route, status))
+        if child is None:
+            child = self._children[(route, status)] = self._requests.labels(route, str(status))
+        child.inc()
+
+    def scored(self, total: float, queue: float, run_ms: float | None) -> None:
+        self._latency.observe(total)
+        self._queue.observe(queue)
+        if run_ms is not None:
+            self._run.observe(run_ms / 1000.0)
+
+    def rejected(self, reason: str) -> None:
+        self._rejections.labels(reason).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

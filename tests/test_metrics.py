@@ -1,0 +1,68 @@
+"""GET /metrics: Prometheus text whose values follow a known sequence of requests."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import SCRIPTS, start_server
+
+
+def samples(url: str) -> dict[tuple[str, tuple], float]:
+    response = httpx.get(url + "/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_metric_values_after_a_known_sequence_of_requests(tmp_path):
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "sleepy.py"), "--executor", "threads",
+                          "--max-queue-wait-ms", "200", "--scoring-timeout-ms", "800")
+    try:
+        url = server.url
+        before = samples(url)
+        assert before[("mlscore_rejections_total", (("reason", "queue_timeout"),))] == 0
+        assert before[("mlscore_init_duration_seconds", ())] >= 0
+        for _ in range(2):
+            assert httpx.post(url + "/score", json={"ms": 0}).status_code == 200
+        assert httpx.post(url + "/score", content=b"\xff\xfe").status_code == 400
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(httpx.post, url + "/score", json={"ms": 1500}, timeout=30)
+            time.sleep(0.2)
+            assert httpx.post(url + "/score", json={"ms": 0}, timeout=30).status_code == 503
+            assert slow.result().status_code == 504
+        assert httpx.get(url + "/health/live").status_code == 200
+        after = samples(url)
+        assert after[("mlscore_requests_total", (("route", "/score"), ("status", "200")))] == 2
+        assert after[("mlscore_requests_total", (("route", "/score"), ("status", "400")))] == 1
+        assert after[("mlscore_requests_total", (("route", "/score"), ("status", "503")))] == 1
+        assert after[("mlscore_requests_total", (("route", "/score"), ("status", "504")))] == 1
+        assert after[("mlscore_requests_total", (("route", "/health/live"), ("status", "200")))] == 1
+        assert after[("mlscore_rejections_total", (("reason", "queue_timeout"),))] == 1
+        assert after[("mlscore_rejections_total", (("reason", "scoring_timeout"),))] == 1
+        assert after[("mlscore_run_duration_seconds_count", ())] == 2  # the 504's run() has not returned a time
+        assert after[("mlscore_request_duration_seconds_count", ())] == 4  # every request that got a slot
+        assert after[("mlscore_queue_wait_seconds_count", ())] == 4
+        assert after[("mlscore_in_flight", ())] in (0, 1)  # the timed-out run() may still hold its slot
+        assert after[("mlscore_queue_depth", ())] == 0
+    finally:
+        server.stop()
+
+
+def test_worker_restarts_are_counted(tmp_path):
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "crashy.py"), "--executor", "processes")
+    try:
+        assert httpx.post(server.url + "/score", content=b"die", timeout=30).status_code == 500
+        deadline = time.monotonic() + 30
+        while samples(server.url)[("mlscore_worker_restarts", ())] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert samples(server.url)[("mlscore_rejections_total", (("reason", "worker_died"),))] == 1
+    finally:
+        server.stop()
