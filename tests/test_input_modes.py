@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import joblib
-import numpy as np
 import pandas as pd
 import pytest
 from sklearn.dummy import DummyClassifier
