@@ -23,6 +23,7 @@ from starlette.datastructures import Headers
 from mlscore.scoring.azureml_compat.aml_request import RAWHTTP_ATTR, AMLRequest
 from mlscore.scoring.entry_script import EntryScriptError, innermost, run_parameters
 from mlscore.scoring.messages import RawRequest
+from mlscore.scoring.schema_types import input_schemas, undecorated_target
 
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 REQUEST_HEADERS = "request_headers"
@@ -140,51 +141,20 @@ def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
         return RawHttpMode(run)
     wants_headers = any(p.name == REQUEST_HEADERS for p in parameters)
     data_parameters = [p for p in parameters if p.name != REQUEST_HEADERS]
-    if not decorated or not _schema_types(run):
+    schemas = input_schemas(run) if decorated else {}
+    if not schemas:
         return PlainMode(data_parameters[0].name, wants_headers, run)
-    types = _schema_types(run)
-    unknown = set(types) - {p.name for p in data_parameters}
+    unknown = set(schemas) - {p.name for p in data_parameters}
     if unknown:
         raise EntryScriptError(path, f"input_schema names {sorted(unknown)}, which run() does not take")
     schema_parameters = []
     for parameter in data_parameters:
-        param_type, optional, convert = types.get(parameter.name, (None, False, False))
-        required = parameter.default is inspect.Parameter.empty and not optional
-        schema_parameters.append(SchemaParameter(parameter.name, param_type, required, convert))
-    return SchemaMode(schema_parameters, wants_headers, _schema_call_target(run))
-
-
-def _schema_call_target(run: Callable[..., Any]) -> Callable[..., Any]:
-    """The function to call once the arguments are decoded: the user's own function when every
-    wrapper above it is inference-schema's (they would only check the decoded arguments again),
-    else run() itself, so that the user's other decorators still run."""
-    func: Any = run
-    while hasattr(func, "__wrapped__"):
-        wrapper = getattr(func, "_self_wrapper", None)
-        if getattr(wrapper, "__module__", None) != "inference_schema.schema_decorators":
-            return run
-        func = func.__wrapped__
-    return func
-
-
-def _schema_types(run: Callable[..., Any]) -> dict[str, tuple[AbstractParameterType, bool, bool]]:
-    """name → (parameter type, optional, convert) of each input_schema decorator, found in the
-    closures of inference-schema's wrappers (the library keeps them nowhere else)."""
-    found: dict[str, tuple[AbstractParameterType, bool, bool]] = {}
-    func: Any = run
-    for _ in range(100):
-        wrapper = getattr(func, "_self_wrapper", None)
-        if wrapper is not None and getattr(wrapper, "__closure__", None):
-            names = inspect.getclosurevars(wrapper).nonlocals
-            if isinstance(names.get("param_type"), AbstractParameterType) and "param_name" in names:
-                found.setdefault(names["param_name"], (
-                    names["param_type"], bool(names.get("optional", False)),
-                    bool(names.get("convert_to_provided_type", True)),
-                ))
-        if not hasattr(func, "__wrapped__"):
-            break
-        func = func.__wrapped__
-    return found
+        schema = schemas.get(parameter.name)
+        required = parameter.default is inspect.Parameter.empty and not (schema and schema.optional)
+        schema_parameters.append(SchemaParameter(
+            parameter.name, schema.param_type if schema else None, required, bool(schema and schema.convert),
+        ))
+    return SchemaMode(schema_parameters, wants_headers, undecorated_target(run))
 
 
 def _json_object(request: RawRequest) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from inference_schema import schema_util
 from inference_schema.parameter_types.abstract_parameter_type import AbstractParameterType
 from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
 
+from mlscore.scoring.schema_types import input_schemas
+
 Schema = dict[str, Any]
 
 # Our version names, in the order they are listed, with the files a user may supply for each
@@ -135,9 +137,9 @@ def _service_input(run: Callable[..., Any]) -> Schema:
     properties, example = schema.get("properties", {}), schema.get("example", {})
     properties.pop(_SERVER_FILLED, None)
     example.pop(_SERVER_FILLED, None)
-    for name, param_type in _input_types(run).items():
+    for name, declared in input_schemas(run).items():
         if name in properties:
-            _add_shape_bounds(properties[name], example.get(name), param_type)
+            _add_shape_bounds(properties[name], example.get(name), declared.param_type)
     # A parameter without a default that the body lacks is answered 400, so it is required.
     required = [
         name
@@ -154,20 +156,6 @@ def _service_output(run: Callable[..., Any]) -> Schema:
     # output_schema's wrapper keeps no reference to its type, so the sample alone gives the shape.
     _add_shape_bounds(schema, schema.get("example"), None)
     return schema
-
-
-def _input_types(run: Callable[..., Any]) -> dict[str, AbstractParameterType]:
-    """The parameter types behind each input_schema decorator, read from its wrapper's closure."""
-    types: dict[str, AbstractParameterType] = {}
-    layer: Any = run
-    while layer is not None:
-        wrapper = getattr(layer, "_self_wrapper", None)
-        if wrapper is not None:
-            captured = inspect.getclosurevars(wrapper).nonlocals
-            if isinstance(captured.get("param_type"), AbstractParameterType):
-                types[captured["param_name"]] = captured["param_type"]
-        layer = getattr(layer, "__wrapped__", None)
-    return types
 
 
 def _add_shape_bounds(schema: Schema, example: Any, param_type: AbstractParameterType | None) -> None:
