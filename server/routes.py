@@ -11,10 +11,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope
 
-from mlscore.scoring.messages import RawRequest
+from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
 from mlscore.server.admission import Rejected, Slot
-from mlscore.server.errors import BytesResponse, json_error
+from mlscore.server.errors import METHOD_NOT_ALLOWED, BytesResponse, json_error
 from mlscore.server.metrics import CONTENT_TYPE
 from mlscore.server.request_ids import RequestIdTooLong, pick_headers, response_id_headers
 
@@ -30,6 +30,7 @@ _TRUE, _FALSE = b"True", b"False"
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
 SCORE_METHODS = frozenset({"GET", "POST", "OPTIONS"})
+_ALLOWED = b"GET, POST, OPTIONS"
 
 
 class BodyTooLarge(Exception):
@@ -57,7 +58,7 @@ class Routes:
             return BytesResponse(200, [(b"content-type", b"application/json")], _READY)
         reason = self.state.not_ready_reason or self.state.executor.not_ready_reason
         body = orjson.dumps({"ready": False, "message": reason})
-        return BytesResponse(503, [(b"content-type", b"application/json"), (b"retry-after", b"1")], body)
+        return BytesResponse(503, [(b"content-type", b"application/json"), _retry_after(1)], body)
 
     async def metrics(self, request: Request) -> Response:
         return BytesResponse(200, [(b"content-type", CONTENT_TYPE)], self.state.metrics.exposition())
@@ -79,8 +80,8 @@ class Routes:
         except RequestIdTooLong as error:
             return json_error(431, str(error), error.headers)
         if method not in SCORE_METHODS:
-            message = f"Method {method} is not allowed for /score; allowed: GET, POST, OPTIONS."
-            return json_error(405, message, [(b"allow", b"GET, POST, OPTIONS"), *ids])
+            message = METHOD_NOT_ALLOWED.format(method=method, path="/score", allowed=_ALLOWED.decode())
+            return json_error(405, message, [(b"allow", _ALLOWED), *ids])
         if self._keys and not self._authorized(picked.get(b"authorization", b"")):
             return json_error(401, "Missing or invalid key: send the header 'Authorization: Bearer <key>'.",
                               [(b"www-authenticate", b"Bearer"), *ids])
@@ -90,49 +91,45 @@ class Routes:
             return json_error(413, f"Request body is larger than the limit of {self._max_body} bytes.", ids)
         except ClientDisconnect:
             return json_error(400, "The client disconnected before sending the whole body.", ids)
-        raw = RawRequest(method, scope["path"], scope["query_string"], scope["headers"], body)
         executor = self.state.executor
         if not executor.ready:
             self.state.metrics.rejected("not_ready")
-            return json_error(503, f"Not ready: {executor.not_ready_reason}.", [(b"retry-after", b"1"), *ids])
+            return json_error(503, f"Not ready: {executor.not_ready_reason}.", [_retry_after(1), *ids])
         try:
             budget = self._budget(picked.get(b"x-ms-request-timeout-ms"))
         except ValueError as error:
             return json_error(400, str(error), ids)
+        raw = RawRequest(method, scope["path"], scope["query_string"], scope["headers"], body)
+        return await self._admit_and_score(raw, budget, receive, ids)
+
+    async def _admit_and_score(self, raw: RawRequest, budget: float, receive: Receive,
+                               ids: list[tuple[bytes, bytes]]) -> Response:
+        """Get a slot (waiting in the queue if need be), score, and turn the result into HTTP."""
         loop = asyncio.get_running_loop()
-        arrived = loop.time()
         admission = self.state.admission
+        metrics = self.state.metrics
+        arrived = loop.time()
         slot = admission.try_acquire()
         if slot is None:
             try:
                 slot = await self._wait_for_slot(min(budget, self._queue_wait), receive)
             except Rejected as rejected:
-                self.state.metrics.rejected(rejected.reason)
-                headers = [(b"retry-after", str(rejected.retry_after).encode()), *ids]
-                return json_error(503, rejected.message, headers)
+                metrics.rejected(rejected.reason)
+                return json_error(503, rejected.message, [_retry_after(rejected.retry_after), *ids])
             except ClientDisconnect:
-                self.state.metrics.rejected("client_disconnect")
+                metrics.rejected("client_disconnect")
                 return json_error(400, "The client disconnected while waiting for a scoring slot.", ids)
         started = loop.time()
         try:
-            result = await executor.score(raw, slot, min(self._scoring_timeout, budget - (started - arrived)))
+            timeout = min(self._scoring_timeout, budget - (started - arrived))
+            result = await self.state.executor.score(raw, slot, timeout)
         finally:
-            admission.record_hold(loop.time() - started)
-        self.state.metrics.scored(loop.time() - arrived, started - arrived, result.run_ms)
+            finished = loop.time()
+            admission.record_hold(finished - started)
+        metrics.scored(finished - arrived, started - arrived, result.run_ms)
         if result.failure:
-            self.state.metrics.rejected(result.failure)
-        queue_ms = (started - arrived) * 1000.0
-        headers = [item for item in result.headers if item[0] not in _SERVER_HEADERS]
-        headers.extend(ids)
-        headers.append((b"x-ms-run-function-failed", _TRUE if result.run_failed else _FALSE))
-        if result.run_ms is not None:
-            headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % result.run_ms))
-        headers.append((b"server-timing", b"queue;dur=%.3f, run;dur=%.3f" % (queue_ms, result.run_ms or 0.0)))
-        if isinstance(result.body, bytes):
-            return BytesResponse(result.status, headers, result.body)
-        streamed = StreamingResponse(result.body, status_code=result.status)
-        streamed.raw_headers = headers
-        return streamed
+            metrics.rejected(result.failure)
+        return _http_response(result, ids, (started - arrived) * 1000.0)
 
     def _budget(self, header: bytes | None) -> float:
         """Seconds this request may take in all: the client's x-ms-request-timeout-ms can only
@@ -184,6 +181,25 @@ class Routes:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _http_response(result: RawResponse, ids: list[tuple[bytes, bytes]], queue_ms: float) -> Response:
+    """The pipeline's response with the server's own headers: ids, run status and timing."""
+    headers = [item for item in result.headers if item[0] not in _SERVER_HEADERS]
+    headers.extend(ids)
+    headers.append((b"x-ms-run-function-failed", _TRUE if result.run_failed else _FALSE))
+    if result.run_ms is not None:
+        headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % result.run_ms))
+    headers.append((b"server-timing", b"queue;dur=%.3f, run;dur=%.3f" % (queue_ms, result.run_ms or 0.0)))
+    if isinstance(result.body, bytes):
+        return BytesResponse(result.status, headers, result.body)
+    streamed = StreamingResponse(result.body, status_code=result.status)
+    streamed.raw_headers = headers
+    return streamed
+
+
+def _retry_after(seconds: int) -> tuple[bytes, bytes]:
+    return (b"retry-after", str(seconds).encode())
 
 
 async def _disconnected(receive: Receive) -> None:

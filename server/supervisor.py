@@ -116,7 +116,6 @@ class ProcessExecutor:
         self._settings = settings
         self._workers = workers
         self._idle: asyncio.Queue[Worker] | None = None
-        self._alive = 0
         self._problem = ""
         self._closing = False
         self.restarts = 0
@@ -141,7 +140,7 @@ class ProcessExecutor:
 
     @property
     def ready(self) -> bool:
-        return self._alive > 0
+        return any(worker.connection is not None for worker in self._workers)
 
     @property
     def not_ready_reason(self) -> str:
@@ -193,7 +192,6 @@ class ProcessExecutor:
     async def _attach(self, worker: Worker) -> None:
         worker.sock.setblocking(False)
         _, worker.connection = await asyncio.get_running_loop().create_connection(WorkerConnection, sock=worker.sock)
-        self._alive += 1
         self._idle_put(worker)
 
     def _idle_put(self, worker: Worker) -> None:
@@ -211,7 +209,6 @@ class ProcessExecutor:
 
     def _retire(self, worker: Worker, slot: Slot | None) -> None:
         worker.kill()
-        self._alive -= 1
         self._workers.remove(worker)
         asyncio.ensure_future(self._replace(slot))
 
