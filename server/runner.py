@@ -134,7 +134,8 @@ def serve(started: Started) -> None:
     server = uvicorn.Server(config)
     host, port = started.sock.getsockname()[:2]
     readiness = "ready" if started.state.ready else f"not ready: {started.state.not_ready_reason}"
-    logger.info("serving %s on http://%s:%d (%s)", settings.entry_script, host, port, readiness)
+    logger.info("serving %s on http://%s:%d (%s; executor %s)", settings.entry_script, host, port, readiness,
+                started.state.executor.name)
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours in place
     # of the default makes that a no-op, so a graceful stop ends with exit status 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
