@@ -6,9 +6,10 @@ They hold only plain bytes, strings and numbers, so the pipeline can run in anot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import AsyncIterator, Iterator, Union
 
-Body = Union[bytes, Iterator[bytes]]
+# Generators from run() are Iterators; a body streamed from a worker process arrives as an AsyncIterator.
+Body = Union[bytes, Iterator[bytes], AsyncIterator[bytes]]
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
@@ -23,7 +23,9 @@ from mlscore.scoring.pipeline import error_response
 from mlscore.server.admission import Slot
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
-from mlscore.server.worker import FrameBuffer, read_control_blocking, request_frame, worker_main
+from mlscore.server.worker import (
+    CHUNK, CONTROL, END, FAILED, STREAMED, FrameBuffer, read_control_blocking, request_frame, worker_main,
+)
 
 logger = logging.getLogger("mlscore.server")
 MAX_BACKOFF = 30.0
@@ -36,6 +38,7 @@ class WorkerConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self._buffer = FrameBuffer()
         self._pending: deque[tuple[asyncio.Future[RawResponse], Callable[[], None]]] = deque()
+        self._stream: asyncio.Queue[bytes | Exception | None] | None = None  # chunks of the body in flight
         self._transport: asyncio.WriteTransport | None = None
         self.lost = False
 
@@ -44,15 +47,36 @@ class WorkerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for frame in self._buffer.feed(data):
-            if not self._pending or not isinstance(frame, RawResponse):
+            if frame.status == CONTROL or not self._pending:
                 continue
-            waiter, answered = self._pending.popleft()
-            answered()
-            if not waiter.done():
-                waiter.set_result(frame)
+            if frame.status == CHUNK and self._stream is not None:
+                self._stream.put_nowait(frame.body)
+            elif frame.status == END and self._stream is not None:
+                self._stream.put_nowait(ConnectionError("run()'s streamed body failed") if frame.flags & FAILED
+                                        else None)
+                self._stream = None
+                self._finish(None)
+            elif frame.flags & STREAMED:
+                # The head of a streamed body: the client gets it now, the request ends at END.
+                self._stream = asyncio.Queue()
+                response = frame.response()
+                response.body = _chunks(self._stream)
+                waiter = self._pending[0][0]
+                if not waiter.done():
+                    waiter.set_result(response)
+            else:
+                self._finish(frame.response())
+
+    def _finish(self, response: RawResponse | None) -> None:
+        waiter, answered = self._pending.popleft()
+        answered()
+        if response is not None and not waiter.done():
+            waiter.set_result(response)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self._stream is not None:
+            self._stream.put_nowait(ConnectionError("the worker died while streaming the body"))
         while self._pending:
             waiter, _ = self._pending.popleft()
             if not waiter.done():
@@ -242,3 +266,13 @@ class ProcessExecutor:
 def _time_out(answer: asyncio.Future[RawResponse]) -> None:
     if not answer.done():
         answer.set_exception(asyncio.TimeoutError())
+
+
+async def _chunks(stream: asyncio.Queue[bytes | Exception | None]) -> AsyncIterator[bytes]:
+    while True:
+        item = await stream.get()
+        if item is None:
+            return
+        if isinstance(item, Exception):
+            raise item
+        yield item

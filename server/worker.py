@@ -4,7 +4,7 @@ Frames are a fixed binary header, then NUL-separated text fields, then the raw b
 response bodies cross as they are, never pickled or re-encoded.
 
     request   !dIII  deadline (wall clock), line, headers and body lengths | method\\0path\\0query | headers | body
-    response  !HdBII status (0: a control message), run ms (NaN: none), failed, headers and body lengths | headers | body
+    response  !HdBII status, run ms (NaN: none), flags, headers and body lengths | headers | body
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -25,7 +25,8 @@ from mlscore.scoring.pipeline import error_response
 
 REQUEST = struct.Struct("!dIII")
 RESPONSE = struct.Struct("!HdBII")
-CONTROL = 0
+CONTROL, CHUNK, END = 0, 1, 2  # status values that are not HTTP statuses: a control message, a body chunk, its end
+FAILED, STREAMED = 1, 2  # flag bits: run() failed; the body follows as CHUNK frames and an END frame
 logger = logging.getLogger("mlscore.worker")
 
 
@@ -48,22 +49,48 @@ def request_frame(request: RawRequest, deadline: float) -> bytes:
     return REQUEST.pack(deadline, len(line), len(headers), len(request.body)) + line + headers + request.body
 
 
-def response_frame(response: RawResponse) -> bytes:
-    body = response.body
-    if not isinstance(body, bytes):  # a streamed body is gathered here: streaming across the boundary is not built yet
-        try:
-            body = b"".join(body)
-        except Exception:
-            logger.exception("the streamed body of run()'s response raised")
-            return response_frame(error_response(500, "run()'s streamed response failed.", run_failed=True))
+def response_frame(response: RawResponse, flags: int = 0) -> bytes:
+    """The frame of a response whose body is bytes (a streamed one's head: see send_response)."""
+    body = response.body if isinstance(response.body, bytes) else b""
     headers = pack_headers(response.headers)
     run_ms = math.nan if response.run_ms is None else response.run_ms
-    return RESPONSE.pack(response.status, run_ms, response.run_failed, len(headers), len(body)) + headers + body
+    flags |= FAILED if response.run_failed else 0
+    return RESPONSE.pack(response.status, run_ms, flags, len(headers), len(body)) + headers + body
+
+
+def send_response(sock: socket.socket, response: RawResponse) -> None:
+    """A bytes body in one frame; a streamed one as a head frame, a frame per chunk, and an end frame,
+    so that chunks reach the client as run() produces them."""
+    if isinstance(response.body, bytes):
+        sock.sendall(response_frame(response))
+        return
+    sock.sendall(response_frame(response, STREAMED))
+    end_flags = 0
+    try:
+        for chunk in response.body:
+            sock.sendall(RESPONSE.pack(CHUNK, math.nan, 0, 0, len(chunk)) + chunk)
+    except Exception:
+        logger.exception("the streamed body of run()'s response raised")
+        end_flags = FAILED
+    sock.sendall(RESPONSE.pack(END, math.nan, end_flags, 0, 0))
 
 
 def control_frame(message: dict[str, Any]) -> bytes:
     body = orjson.dumps(message)
-    return RESPONSE.pack(CONTROL, math.nan, False, 0, len(body)) + body
+    return RESPONSE.pack(CONTROL, math.nan, 0, 0, len(body)) + body
+
+
+class Frame(NamedTuple):
+    status: int
+    run_ms: float
+    flags: int
+    headers: bytes
+    body: bytes
+
+    def response(self) -> RawResponse:
+        run_ms = None if math.isnan(self.run_ms) else self.run_ms
+        return RawResponse(self.status, unpack_headers(self.headers), self.body, run_ms=run_ms,
+                           run_failed=bool(self.flags & FAILED))
 
 
 class FrameBuffer:
@@ -72,22 +99,18 @@ class FrameBuffer:
     def __init__(self) -> None:
         self._data = bytearray()
 
-    def feed(self, data: bytes) -> list[RawResponse | dict[str, Any]]:
+    def feed(self, data: bytes) -> list[Frame]:
         self._data += data
-        frames: list[RawResponse | dict[str, Any]] = []
+        frames: list[Frame] = []
         while len(self._data) >= RESPONSE.size:
-            status, run_ms, failed, headers_length, body_length = RESPONSE.unpack_from(self._data)
+            status, run_ms, flags, headers_length, body_length = RESPONSE.unpack_from(self._data)
             end = RESPONSE.size + headers_length + body_length
             if len(self._data) < end:
                 break
             headers = bytes(self._data[RESPONSE.size:RESPONSE.size + headers_length])
             body = bytes(self._data[RESPONSE.size + headers_length:end])
             del self._data[:end]
-            if status == CONTROL:
-                frames.append(orjson.loads(body))
-            else:
-                frames.append(RawResponse(status, unpack_headers(headers), body,
-                                          run_ms=None if math.isnan(run_ms) else run_ms, run_failed=bool(failed)))
+            frames.append(Frame(status, run_ms, flags, headers, body))
         return frames
 
 
@@ -141,4 +164,4 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
             response = error_response(504, "The request's deadline passed before a worker could run it.")
         else:
             response = pipeline.handle(request)
-        sock.sendall(response_frame(response))
+        send_response(sock, response)

@@ -56,3 +56,18 @@ def test_processes_executor_runs_init_in_each_worker_not_in_the_front(tmp_path):
         assert "2 scoring worker(s) ready" in server.log()
     finally:
         server.stop()
+
+
+def test_streamed_body_crosses_from_the_worker_chunk_by_chunk(tmp_path):
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "raw_echo.py"), "--executor", "processes")
+    try:
+        for _ in range(2):  # the worker is free again once the stream ended
+            with httpx.stream("POST", server.url + "/score?mode=stream", content=b"", timeout=30) as response:
+                assert response.status_code == 200
+                assert "content-length" not in response.headers
+                assert b"".join(response.iter_bytes()) == b"chunk-0;chunk-1;chunk-2;chunk-3;chunk-4;"
+        binary = bytes(range(256)) * 100
+        echoed = httpx.post(server.url + "/score", content=binary, headers={"content-type": "application/octet-stream"})
+        assert echoed.content == binary
+    finally:
+        server.stop()
