@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ class Executor(Protocol):
 
     async def start(self) -> None: ...
 
-    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse: ...
+    def submit(self, request: RawRequest, slot: Slot, timeout: float, answer: asyncio.Future[RawResponse]) -> None:
+        """Start scoring now, without awaiting: `answer` gets the response (a 504 after `timeout`
+        seconds), and `slot` is released when the executor can take another request."""
 
     async def close(self) -> None: ...
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.pipeline import ScoringPipeline, error_response
 from mlscore.server.admission import Slot
+from mlscore.server.errors import INTERNAL_ERROR
 
 logger = logging.getLogger("mlscore.server")
 
@@ -46,20 +47,22 @@ class ThreadExecutor:
     async def start(self) -> None:
         """Nothing to start: the script was loaded and init() ran in this process."""
 
-    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
-        """The pipeline's response, or a 504 after `timeout` seconds; releases `slot` when the
-        thread is free again."""
-        future = asyncio.get_running_loop().run_in_executor(self._pool, self._pipeline.handle, request)
-        # Released when the thread is really free: after a timeout or a cancelled wait too.
-        future.add_done_callback(lambda _: slot.release())
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            self._stuck += 1
-            future.add_done_callback(self._unstick)
-            logger.error("run() passed the scoring timeout of %d ms; its slot stays held until it returns",
-                         round(timeout * 1000))
-            return timeout_response(round(timeout * 1000))
+    def submit(self, request: RawRequest, slot: Slot, timeout: float, answer: asyncio.Future[RawResponse]) -> None:
+        """Hand the request to a thread; `answer` gets the pipeline's response, or a 504 after
+        `timeout` seconds. The slot is released when the thread is really free, after a timeout too."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._pipeline.handle, request)
+        timer = loop.call_later(timeout, self._time_out, future, answer, round(timeout * 1000))
+        future.add_done_callback(lambda done: _finished(done, slot, timer, answer))
+
+    def _time_out(self, future: asyncio.Future[RawResponse], answer: asyncio.Future[RawResponse],
+                  timeout_ms: int) -> None:
+        if answer.done():
+            return
+        self._stuck += 1
+        future.add_done_callback(self._unstick)
+        logger.error("run() passed the scoring timeout of %d ms; its slot stays held until it returns", timeout_ms)
+        answer.set_result(timeout_response(timeout_ms))
 
     def _unstick(self, _future: object) -> None:
         self._stuck -= 1
@@ -79,11 +82,24 @@ class InlineExecutor:
     async def start(self) -> None:
         logger.warning("executor 'inline': run() is called on the event loop; the scoring timeout is not enforced")
 
-    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
+    def submit(self, request: RawRequest, slot: Slot, timeout: float, answer: asyncio.Future[RawResponse]) -> None:
         try:
-            return self._pipeline.handle(request)
+            answer.set_result(self._pipeline.handle(request))
         finally:
             slot.release()
 
     async def close(self) -> None:
         """Nothing to stop."""
+
+
+def _finished(done: asyncio.Future[RawResponse], slot: Slot, timer: asyncio.TimerHandle,
+              answer: asyncio.Future[RawResponse]) -> None:
+    slot.release()
+    timer.cancel()
+    if answer.done():
+        return
+    if done.cancelled() or done.exception() is not None:  # handle() answers failures itself; this is a bug
+        logger.error("the scoring pipeline raised", exc_info=None if done.cancelled() else done.exception())
+        answer.set_result(error_response(500, INTERNAL_ERROR))
+    else:
+        answer.set_result(done.result())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope
 
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
-from mlscore.server.admission import Rejected, Slot
+from mlscore.server.admission import AdmissionQueue, Rejected, Slot, Ticket
 from mlscore.server.errors import METHOD_NOT_ALLOWED, BytesResponse, json_error
 from mlscore.server.metrics import CONTENT_TYPE
 from mlscore.server.request_ids import RequestIdTooLong, pick_headers, response_id_headers
@@ -107,25 +107,32 @@ class Routes:
         """Get a slot (waiting in the queue if need be), score, and turn the result into HTTP."""
         loop = asyncio.get_running_loop()
         admission = self.state.admission
+        executor = self.state.executor
         metrics = self.state.metrics
         arrived = loop.time()
+        started = arrived
+        answer: asyncio.Future[RawResponse] = loop.create_future()
         slot = admission.try_acquire()
-        if slot is None:
+        if slot is not None:
+            executor.submit(raw, slot, min(self._scoring_timeout, budget), answer)
+            result = await answer
+        else:
+            def grant(slot: Slot) -> None:
+                # Called by whoever frees a slot, synchronously: the request starts at once.
+                nonlocal started
+                started = loop.time()
+                executor.submit(raw, slot, min(self._scoring_timeout, budget - (started - arrived)), answer)
+
             try:
-                slot = await self._wait_for_slot(min(budget, self._queue_wait), receive)
+                result = await self._queued(min(budget, self._queue_wait), grant, answer, receive)
             except Rejected as rejected:
                 metrics.rejected(rejected.reason)
                 return json_error(503, rejected.message, [_retry_after(rejected.retry_after), *ids])
             except ClientDisconnect:
                 metrics.rejected("client_disconnect")
                 return json_error(400, "The client disconnected while waiting for a scoring slot.", ids)
-        started = loop.time()
-        try:
-            timeout = min(self._scoring_timeout, budget - (started - arrived))
-            result = await self.state.executor.score(raw, slot, timeout)
-        finally:
-            finished = loop.time()
-            admission.record_hold(finished - started)
+        finished = loop.time()
+        admission.record_hold(finished - started)
         metrics.scored(finished - arrived, started - arrived, result.run_ms)
         if result.failure:
             metrics.rejected(result.failure)
@@ -142,18 +149,18 @@ class Routes:
                              f"got {header.decode('latin-1')!r}.")
         return min(limit, int(header) / 1000.0)
 
-    async def _wait_for_slot(self, wait: float, receive: Receive) -> Slot:
-        """Wait in the queue while watching the connection: a client that leaves is taken out of
-        the queue, and run() is never called for it."""
-        waiting = asyncio.ensure_future(self.state.admission.acquire(wait))
-        watching = asyncio.ensure_future(_disconnected(receive))
-        done, _ = await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
-        if waiting in done:
-            watching.cancel()
-            return waiting.result()
-        waiting.cancel()
-        await asyncio.gather(waiting, return_exceptions=True)
-        raise ClientDisconnect
+    async def _queued(self, wait: float, grant: Callable[[Slot], None], answer: asyncio.Future[RawResponse],
+                      receive: Receive) -> RawResponse:
+        """Wait in the queue, then for the answer, while watching the connection: a client that
+        leaves while queued is taken out of the queue, and run() is never called for it."""
+        admission = self.state.admission
+        ticket = admission.enqueue(wait, grant, answer)
+        watcher = asyncio.ensure_future(_left_queue(receive, admission, ticket))
+        try:
+            return await answer
+        finally:
+            watcher.cancel()
+            admission.leave(ticket)  # when this handler itself is cancelled while queued
 
     def _authorized(self, header: bytes) -> bool:
         scheme, _, token = header.partition(b" ")
@@ -202,7 +209,10 @@ def _retry_after(seconds: int) -> tuple[bytes, bytes]:
     return (b"retry-after", str(seconds).encode())
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the client closes the connection (the body has been read already)."""
+async def _left_queue(receive: Receive, admission: AdmissionQueue, ticket: Ticket) -> None:
+    """Waits for the client to close the connection (the body has been read already); if the
+    request is still queued then, it leaves the queue and its handler gets ClientDisconnect."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    if admission.leave(ticket) and not ticket.answer.done():
+        ticket.answer.set_exception(ClientDisconnect())

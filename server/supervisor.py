@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
@@ -31,68 +31,65 @@ logger = logging.getLogger("mlscore.server")
 MAX_BACKOFF = 30.0
 
 
-class WorkerConnection(asyncio.Protocol):
-    """The front's end of one worker's socket: sends request frames and, as the response frames
-    arrive in order, runs each request's bookkeeping and resolves its future (if anyone still waits)."""
+class Call:
+    """One request holding a slot: the future its handler awaits, the scoring-timeout timer, the
+    worker it went to (None while every worker is busy), and its body chunks while streaming."""
 
-    def __init__(self) -> None:
+    __slots__ = ("request", "slot", "answer", "timer", "worker", "stream")
+
+    def __init__(self, request: RawRequest, slot: Slot, answer: asyncio.Future[RawResponse]) -> None:
+        self.request = request
+        self.slot = slot
+        self.answer = answer
+        self.timer: asyncio.TimerHandle | None = None
+        self.worker: Worker | None = None
+        self.stream: asyncio.Queue[bytes | Exception | None] | None = None
+
+
+class WorkerConnection(asyncio.Protocol):
+    """The front's end of one worker's socket: writes request frames and, as response frames
+    arrive, hands each to the executor for the call at the head of `calls`."""
+
+    def __init__(self, executor: "ProcessExecutor", worker: "Worker") -> None:
+        self._executor = executor
+        self._worker = worker
         self._buffer = FrameBuffer()
-        self._pending: deque[tuple[asyncio.Future[RawResponse], Callable[[], None]]] = deque()
-        self._stream: asyncio.Queue[bytes | Exception | None] | None = None  # chunks of the body in flight
+        self.calls: deque[Call] = deque()
         self._transport: asyncio.WriteTransport | None = None
-        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio's classes
 
     def data_received(self, data: bytes) -> None:
         for frame in self._buffer.feed(data):
-            if frame.status == CONTROL or not self._pending:
+            if frame.status == CONTROL or not self.calls:
                 continue
-            if frame.status == CHUNK and self._stream is not None:
-                self._stream.put_nowait(frame.body)
-            elif frame.status == END and self._stream is not None:
-                self._stream.put_nowait(ConnectionError("run()'s streamed body failed") if frame.flags & FAILED
-                                        else None)
-                self._stream = None
-                self._finish(None)
+            call = self.calls[0]
+            if frame.status == CHUNK and call.stream is not None:
+                call.stream.put_nowait(frame.body)
+            elif frame.status == END and call.stream is not None:
+                call.stream.put_nowait(ConnectionError("run()'s streamed body failed") if frame.flags & FAILED
+                                       else None)
+                self.calls.popleft()
+                self._executor._answered(self._worker, call, None)
             elif frame.flags & STREAMED:
-                # The head of a streamed body: the client gets it now, the request ends at END.
-                self._stream = asyncio.Queue()
+                # The head of a streamed body: the client gets it now; the call ends at END.
+                call.stream = asyncio.Queue()
                 response = frame.response()
-                response.body = _chunks(self._stream)
-                waiter = self._pending[0][0]
-                if not waiter.done():
-                    waiter.set_result(response)
+                response.body = _chunks(call.stream)
+                if not call.answer.done():
+                    call.answer.set_result(response)
             else:
-                self._finish(frame.response())
-
-    def _finish(self, response: RawResponse | None) -> None:
-        waiter, answered = self._pending.popleft()
-        answered()
-        if response is not None and not waiter.done():
-            waiter.set_result(response)
+                self.calls.popleft()
+                self._executor._answered(self._worker, call, frame.response())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self._stream is not None:
-            self._stream.put_nowait(ConnectionError("the worker died while streaming the body"))
-        while self._pending:
-            waiter, _ = self._pending.popleft()
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("the worker closed its socket"))
+        self._executor._lost(self._worker)
 
-    def send(self, frame: bytes, answered: Callable[[], None]) -> asyncio.Future[RawResponse]:
-        """The future of this request's response; `answered` runs when the worker has answered, even
-        if nobody awaits the future any more."""
+    def send(self, frame: bytes, call: Call) -> None:
         assert self._transport is not None
-        waiter: asyncio.Future[RawResponse] = asyncio.get_running_loop().create_future()
-        if self.lost:
-            waiter.set_exception(ConnectionError("the worker closed its socket"))
-            return waiter
-        self._pending.append((waiter, answered))
+        self.calls.append(call)
         self._transport.write(frame)
-        return waiter
 
     def close(self) -> None:
         if self._transport is not None:
@@ -139,7 +136,9 @@ class ProcessExecutor:
     def __init__(self, settings: Settings, workers: list[Worker]) -> None:
         self._settings = settings
         self._workers = workers
-        self._idle: asyncio.Queue[Worker] | None = None
+        self._idle: deque[Worker] = deque()
+        # Calls holding a slot while every worker is busy (only with fewer workers than slots).
+        self._backlog: deque[Call] = deque()
         self._problem = ""
         self._closing = False
         self.restarts = 0
@@ -173,72 +172,104 @@ class ProcessExecutor:
         return self._problem or "every scoring worker is being replaced after a scoring timeout or a crash"
 
     async def start(self) -> None:
-        self._idle = asyncio.Queue()
         for worker in self._workers:
             await self._attach(worker)
 
-    async def score(self, request: RawRequest, slot: Slot, timeout: float) -> RawResponse:
-        worker = await self._next_idle()
-        assert worker.connection is not None
-        # The worker goes back to the idle set when it has answered, whether or not the client still
-        # waits: a client that disconnects must not leave its worker marked busy.
-        answer = worker.connection.send(request_frame(request, time.time() + timeout),
-                                        lambda: self._answered(worker, slot))
-        timer = asyncio.get_running_loop().call_later(timeout, _time_out, answer)
-        try:
-            return await answer
-        except asyncio.TimeoutError:
-            logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", round(timeout * 1000),
-                         worker.pid)
-            self._retire(worker, slot)
-            return timeout_response(round(timeout * 1000))
-        except ConnectionError:
-            logger.error("worker %d died while scoring (exit status %s)", worker.pid, worker.process.exitcode)
-            self._retire(worker, slot)
-            died = error_response(500, "The worker process scoring this request died; it is being replaced.",
-                                  run_failed=True)
-            died.failure = "worker_died"
-            return died
-        finally:
-            timer.cancel()
+    def submit(self, request: RawRequest, slot: Slot, timeout: float,
+               answer: asyncio.Future[RawResponse]) -> None:
+        """Send the request to an idle worker now (to the backlog when every worker is busy, which
+        happens only with fewer workers than slots); the scoring timeout runs from here."""
+        call = Call(request, slot, answer)
+        call.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, call, round(timeout * 1000))
+        if self._idle:
+            self._dispatch(self._idle.popleft(), call)
+        else:
+            self._backlog.append(call)
 
-    def _answered(self, worker: Worker, slot: Slot) -> None:
-        self._idle_put(worker)
-        slot.release()
+    def _dispatch(self, worker: Worker, call: Call) -> None:
+        assert worker.connection is not None and call.timer is not None
+        call.worker = worker
+        deadline = time.time() + max(0.0, call.timer.when() - asyncio.get_running_loop().time())
+        worker.connection.send(request_frame(call.request, deadline), call)
+
+    def _free(self, worker: Worker) -> None:
+        if self._backlog:
+            self._dispatch(worker, self._backlog.popleft())
+        else:
+            self._idle.append(worker)
+
+    def _answered(self, worker: Worker, call: Call, response: RawResponse | None) -> None:
+        """A worker answered `call` (`response` is None at the end of a streamed body): the worker
+        takes the next request, the slot goes to the next waiter (who may be sent to this worker
+        at once), and only then the handler wakes."""
+        assert call.timer is not None
+        call.timer.cancel()
+        self._free(worker)
+        call.slot.release()
+        if response is not None and not call.answer.done():
+            call.answer.set_result(response)
+
+    def _timed_out(self, call: Call, timeout_ms: int) -> None:
+        if not call.answer.done():
+            call.answer.set_result(timeout_response(timeout_ms))
+        elif call.stream is not None:
+            call.stream.put_nowait(TimeoutError(f"the streamed body passed the scoring timeout of {timeout_ms} ms"))
+        if call.worker is None:  # still waiting for a worker: it never reached run()
+            self._backlog.remove(call)
+            call.slot.release()
+            return
+        logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", timeout_ms,
+                     call.worker.pid)
+        call.worker.kill()  # its socket closes, and _lost replaces it
+
+    def _lost(self, worker: Worker) -> None:
+        """The worker's socket closed: it died, or it was killed after a scoring timeout. A request
+        it still held that has no answer yet gets a 500; its slots are released when its
+        replacement is ready, so capacity is never over-promised."""
+        assert worker.connection is not None
+        calls = list(worker.connection.calls)
+        worker.connection.calls.clear()
+        for call in calls:
+            assert call.timer is not None
+            call.timer.cancel()
+            if call.stream is not None:
+                call.stream.put_nowait(ConnectionError("the worker died while streaming the body"))
+            if not call.answer.done():
+                logger.error("worker %d died while scoring (exit status %s)", worker.pid, worker.process.exitcode)
+                died = error_response(500, "The worker process scoring this request died; it is being replaced.",
+                                      run_failed=True)
+                died.failure = "worker_died"
+                call.answer.set_result(died)
+        worker.kill()
+        if worker in self._idle:
+            self._idle.remove(worker)
+        if worker in self._workers:
+            self._workers.remove(worker)
+        slots = [call.slot for call in calls]
+        if self._closing:
+            for slot in slots:
+                slot.release()
+            return
+        if not calls:
+            logger.error("worker %d died while idle (exit status %s)", worker.pid, worker.process.exitcode)
+        asyncio.ensure_future(self._replace(slots))
 
     async def close(self) -> None:
         self._closing = True
-        for worker in self._workers:
+        for worker in list(self._workers):
             worker.kill()
         for worker in self._workers:
             worker.process.join(timeout=5)
 
     async def _attach(self, worker: Worker) -> None:
         worker.sock.setblocking(False)
-        _, worker.connection = await asyncio.get_running_loop().create_connection(WorkerConnection, sock=worker.sock)
-        self._idle_put(worker)
+        _, worker.connection = await asyncio.get_running_loop().create_connection(
+            lambda: WorkerConnection(self, worker), sock=worker.sock)
+        self._free(worker)
 
-    def _idle_put(self, worker: Worker) -> None:
-        assert self._idle is not None
-        self._idle.put_nowait(worker)
-
-    async def _next_idle(self) -> Worker:
-        assert self._idle is not None
-        while True:
-            worker = await self._idle.get()
-            if worker.process.is_alive():
-                return worker
-            logger.error("worker %d died while idle (exit status %s)", worker.pid, worker.process.exitcode)
-            self._retire(worker, None)
-
-    def _retire(self, worker: Worker, slot: Slot | None) -> None:
-        worker.kill()
-        self._workers.remove(worker)
-        asyncio.ensure_future(self._replace(slot))
-
-    async def _replace(self, slot: Slot | None) -> None:
-        """Start a replacement, retrying a failing init() with backoff; the slot of the request that
-        cost the old worker is released only when the new one is ready."""
+    async def _replace(self, slots: list[Slot]) -> None:
+        """Start a replacement, retrying a failing init() with backoff; the slots of the requests
+        that cost the old worker are released only when the new one is ready."""
         delay = 0.5
         loop = asyncio.get_running_loop()
         while not self._closing:
@@ -259,13 +290,8 @@ class ProcessExecutor:
             await self._attach(worker)
             logger.info("replacement worker %d ready", worker.pid)
             break
-        if slot is not None:
+        for slot in slots:
             slot.release()
-
-
-def _time_out(answer: asyncio.Future[RawResponse]) -> None:
-    if not answer.done():
-        answer.set_exception(asyncio.TimeoutError())
 
 
 async def _chunks(stream: asyncio.Queue[bytes | Exception | None]) -> AsyncIterator[bytes]:
