@@ -14,6 +14,8 @@ import math
 from collections import deque
 from typing import Any, Callable
 
+from mlscore.scoring.messages import RawRequest
+
 
 class Rejected(Exception):
     """A request refused a slot; `reason` is the metric label, `message` the client's text."""
@@ -41,15 +43,29 @@ class Slot:
 
 
 class Ticket:
-    """A request waiting in the queue: `grant` starts it with the slot it is given; `answer` is
-    the future its handler awaits, which a rejection or a departure completes instead."""
+    """One request on its way to run(): queued, then given a slot (`started` is the loop time it
+    got one). `answer` is the future its handler awaits; a rejection or a departure completes it
+    instead. An executor may `pull` a queued ticket to hold it ready next to a busy worker: it is
+    still waiting for a slot then (`prefetched`), and its queue deadline still holds."""
 
-    __slots__ = ("grant", "answer", "timer")
+    __slots__ = ("request", "arrived", "budget", "answer", "timer", "started", "state", "on_leave")
 
-    def __init__(self, grant: Callable[[Slot], None], answer: asyncio.Future[Any]) -> None:
-        self.grant = grant
+    def __init__(self, request: RawRequest, arrived: float, budget: float, answer: asyncio.Future[Any]) -> None:
+        self.request = request
+        self.arrived = arrived
+        self.budget = budget  # seconds for queue and run together
         self.answer = answer
         self.timer: asyncio.TimerHandle | None = None
+        self.started = arrived
+        self.state = WAITING
+        self.on_leave: Callable[[], None] | None = None  # set by the executor that pulled it
+
+    def run_timeout(self, scoring_timeout: float) -> float:
+        """Seconds run() may take: the scoring timeout, or less when the request's own budget ends sooner."""
+        return min(scoring_timeout, self.budget - (self.started - self.arrived))
+
+
+WAITING, PULLED, STARTED, GONE = range(4)
 
 
 class AdmissionQueue:
@@ -59,8 +75,17 @@ class AdmissionQueue:
         self.max_queue_wait = max_queue_wait_ms / 1000.0
         self._free = max_concurrent
         self._waiters: deque[Ticket] = deque()
+        self._pulled = 0  # tickets an executor holds ready (still waiting for a slot)
         # Mean time a slot is held (exponentially weighted), for Retry-After.
         self._hold_seconds = 0.01
+        self._start: Callable[[Ticket, Slot], None] | None = None
+        self._waiting_hook: Callable[[], None] | None = None
+
+    def bind(self, start: Callable[[Ticket, Slot], None], waiting_hook: Callable[[], None] | None = None) -> None:
+        """`start(ticket, slot)` begins scoring a ticket given a slot (the executor's submit);
+        `waiting_hook` is told when a ticket joins the queue (so it may pull it)."""
+        self._start = start
+        self._waiting_hook = waiting_hook
 
     @property
     def in_use(self) -> int:
@@ -68,7 +93,11 @@ class AdmissionQueue:
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) + self._pulled
+
+    @property
+    def hold_seconds(self) -> float:
+        return self._hold_seconds
 
     def try_acquire(self) -> Slot | None:
         """A slot at once, or None when the caller would have to wait."""
@@ -77,26 +106,59 @@ class AdmissionQueue:
             return Slot(self)
         return None
 
-    def enqueue(self, wait: float, grant: Callable[[Slot], None], answer: asyncio.Future[Any]) -> Ticket:
-        """Queue a request for at most `wait` seconds. When a slot frees, `grant(slot)` is called;
-        when the wait runs out, `answer` gets a Rejected. Raises Rejected when the queue is full."""
-        if len(self._waiters) >= self.max_queue_size:
+    def enqueue(self, ticket: Ticket, wait: float) -> None:
+        """Queue a ticket for at most `wait` seconds: it is started when a slot frees, and its
+        answer gets a Rejected when the wait runs out. Raises Rejected when the queue is full."""
+        if self.queued >= self.max_queue_size:
             raise Rejected("queue_full", f"Queue full: {self.max_queue_size} requests are already waiting "
                            "for a scoring slot.", self.retry_after())
-        ticket = Ticket(grant, answer)
         ticket.timer = asyncio.get_running_loop().call_later(wait, self._expire, ticket, round(wait * 1000))
         self._waiters.append(ticket)
-        return ticket
+        if self._waiting_hook is not None:
+            self._waiting_hook()
+
+    def pull(self) -> Ticket | None:
+        """The head of the queue, for an executor to hold ready; it stays counted as queued."""
+        while self._waiters:
+            ticket = self._waiters.popleft()
+            if ticket.answer.done():
+                continue
+            ticket.state = PULLED
+            self._pulled += 1
+            return ticket
+        return None
+
+    def started(self, ticket: Ticket) -> bool:
+        """A pulled ticket got a slot (its worker reached it): False when it had left or expired."""
+        if ticket.state != PULLED:
+            return False
+        self._settle(ticket, STARTED)
+        ticket.started = asyncio.get_running_loop().time()
+        return True
+
+    def give_back(self, ticket: Ticket) -> None:
+        """A pulled ticket that never started goes back to the head of the queue (its worker died)."""
+        if ticket.state != PULLED:
+            return
+        self._pulled -= 1
+        ticket.state = WAITING
+        ticket.on_leave = None
+        self._waiters.appendleft(ticket)
 
     def leave(self, ticket: Ticket) -> bool:
         """Take a waiting request out of the queue (its client went away); False when it already
         has its slot or was rejected."""
-        try:
-            self._waiters.remove(ticket)
-        except ValueError:
+        if ticket.state == WAITING:
+            try:
+                self._waiters.remove(ticket)
+            except ValueError:
+                return False
+        elif ticket.state != PULLED:
             return False
-        if ticket.timer is not None:
-            ticket.timer.cancel()
+        on_leave = ticket.on_leave
+        self._settle(ticket, GONE)
+        if on_leave is not None:
+            on_leave()
         return True
 
     def record_hold(self, seconds: float) -> None:
@@ -105,8 +167,16 @@ class AdmissionQueue:
 
     def retry_after(self) -> int:
         """Seconds until the queue in front of a newcomer has drained at the measured rate (≥ 1)."""
-        backlog = len(self._waiters) + self.in_use
+        backlog = self.queued + self.in_use
         return max(1, math.ceil(backlog * self._hold_seconds / self.max_concurrent))
+
+    def _settle(self, ticket: Ticket, state: int) -> None:
+        if ticket.state == PULLED:
+            self._pulled -= 1
+        ticket.state = state
+        ticket.on_leave = None
+        if ticket.timer is not None:
+            ticket.timer.cancel()
 
     def _expire(self, ticket: Ticket, waited_ms: int) -> None:
         if not self.leave(ticket):
@@ -118,16 +188,17 @@ class AdmissionQueue:
             ))
 
     def _release(self) -> None:
+        assert self._start is not None
         while self._waiters:
             ticket = self._waiters.popleft()
-            if ticket.timer is not None:
-                ticket.timer.cancel()
             if ticket.answer.done():  # its handler was cancelled
                 continue
+            self._settle(ticket, STARTED)
+            ticket.started = asyncio.get_running_loop().time()
             slot = Slot(self)
             try:
-                ticket.grant(slot)
-            except Exception as error:  # a grant that cannot start fails its own request, not the queue
+                self._start(ticket, slot)
+            except Exception as error:  # a start that fails costs its own request, not the queue
                 slot.release()
                 if not ticket.answer.done():
                     ticket.answer.set_exception(error)

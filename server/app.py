@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -14,9 +13,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.swagger import SwaggerDocuments
-from mlscore.server.admission import AdmissionQueue, Slot
+from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception
 from mlscore.server.metrics import Metrics
 from mlscore.server.routes import Routes
@@ -37,9 +35,10 @@ class Executor(Protocol):
 
     async def start(self) -> None: ...
 
-    def submit(self, request: RawRequest, slot: Slot, timeout: float, answer: asyncio.Future[RawResponse]) -> None:
-        """Start scoring now, without awaiting: `answer` gets the response (a 504 after `timeout`
-        seconds), and `slot` is released when the executor can take another request."""
+    def submit(self, ticket: Ticket, slot: Slot) -> None:
+        """Start scoring a ticket that has its slot, without awaiting: the ticket's answer gets the
+        response (a 504 after the scoring timeout), and the slot is released when the executor
+        can take another request."""
 
     async def close(self) -> None: ...
 

@@ -12,9 +12,9 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from mlscore.scoring.messages import RawRequest, RawResponse
+from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import ScoringPipeline, error_response
-from mlscore.server.admission import Slot
+from mlscore.server.admission import Slot, Ticket
 from mlscore.server.errors import INTERNAL_ERROR
 
 logger = logging.getLogger("mlscore.server")
@@ -30,9 +30,10 @@ def timeout_response(timeout_ms: int) -> RawResponse:
 class ThreadExecutor:
     name = "threads"
 
-    def __init__(self, pipeline: ScoringPipeline, size: int) -> None:
+    def __init__(self, pipeline: ScoringPipeline, size: int, scoring_timeout_ms: int) -> None:
         self._pipeline = pipeline
         self._size = size
+        self._scoring_timeout = scoring_timeout_ms / 1000.0
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="mlscore-run")
         self._stuck = 0
 
@@ -47,11 +48,14 @@ class ThreadExecutor:
     async def start(self) -> None:
         """Nothing to start: the script was loaded and init() ran in this process."""
 
-    def submit(self, request: RawRequest, slot: Slot, timeout: float, answer: asyncio.Future[RawResponse]) -> None:
-        """Hand the request to a thread; `answer` gets the pipeline's response, or a 504 after
-        `timeout` seconds. The slot is released when the thread is really free, after a timeout too."""
+    def submit(self, ticket: Ticket, slot: Slot) -> None:
+        """Hand the request to a thread; the ticket's answer gets the pipeline's response, or a 504
+        after the scoring timeout. The slot is released when the thread is really free, after a
+        timeout too."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._pipeline.handle, request)
+        answer = ticket.answer
+        timeout = ticket.run_timeout(self._scoring_timeout)
+        future = loop.run_in_executor(self._pool, self._pipeline.handle, ticket.request)
         timer = loop.call_later(timeout, self._time_out, future, answer, round(timeout * 1000))
         future.add_done_callback(lambda done: _finished(done, slot, timer, answer))
 
@@ -82,9 +86,9 @@ class InlineExecutor:
     async def start(self) -> None:
         logger.warning("executor 'inline': run() is called on the event loop; the scoring timeout is not enforced")
 
-    def submit(self, request: RawRequest, slot: Slot, timeout: float, answer: asyncio.Future[RawResponse]) -> None:
+    def submit(self, ticket: Ticket, slot: Slot) -> None:
         try:
-            answer.set_result(self._pipeline.handle(request))
+            ticket.answer.set_result(self._pipeline.handle(ticket.request))
         finally:
             slot.release()
 

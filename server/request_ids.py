@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 from typing import Iterable
 
 MAX_ID_LENGTH = 100
@@ -33,12 +33,15 @@ def pick_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
 
 
 def new_request_id() -> bytes:
-    """A random (version 4) UUID in its text form; a third of the cost of str(uuid.uuid4())."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    text = raw.hex()
+    """A random (version 4) UUID in its text form. An id is a label, not a secret, so it comes from
+    `random` rather than os.urandom: no system call per request."""
+    text = "%032x" % ((_random_bits(128) & _CLEAR) | _VERSION_4)
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
+
+
+_random_bits = random.Random().getrandbits  # seeded from os.urandom
+_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)  # the version nibble and the variant bits
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)
 
 
 def response_id_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:

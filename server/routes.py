@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -27,6 +27,7 @@ _SERVER_HEADERS = {
     b"x-ms-run-fn-exec-ms", b"x-ms-run-function-failed", b"content-length", b"transfer-encoding",
 }
 _TRUE, _FALSE = b"True", b"False"
+WATCH_AFTER = 0.01  # seconds in the queue after which the connection is watched for a departure
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
 SCORE_METHODS = frozenset({"GET", "POST", "OPTIONS"})
@@ -107,24 +108,15 @@ class Routes:
         """Get a slot (waiting in the queue if need be), score, and turn the result into HTTP."""
         loop = asyncio.get_running_loop()
         admission = self.state.admission
-        executor = self.state.executor
         metrics = self.state.metrics
-        arrived = loop.time()
-        started = arrived
-        answer: asyncio.Future[RawResponse] = loop.create_future()
+        ticket = Ticket(raw, loop.time(), budget, loop.create_future())
         slot = admission.try_acquire()
         if slot is not None:
-            executor.submit(raw, slot, min(self._scoring_timeout, budget), answer)
-            result = await answer
+            self.state.executor.submit(ticket, slot)
+            result: RawResponse = await ticket.answer
         else:
-            def grant(slot: Slot) -> None:
-                # Called by whoever frees a slot, synchronously: the request starts at once.
-                nonlocal started
-                started = loop.time()
-                executor.submit(raw, slot, min(self._scoring_timeout, budget - (started - arrived)), answer)
-
             try:
-                result = await self._queued(min(budget, self._queue_wait), grant, answer, receive)
+                result = await self._queued(ticket, min(budget, self._queue_wait), receive)
             except Rejected as rejected:
                 metrics.rejected(rejected.reason)
                 return json_error(503, rejected.message, [_retry_after(rejected.retry_after), *ids])
@@ -132,11 +124,12 @@ class Routes:
                 metrics.rejected("client_disconnect")
                 return json_error(400, "The client disconnected while waiting for a scoring slot.", ids)
         finished = loop.time()
-        admission.record_hold(finished - started)
-        metrics.scored(finished - arrived, started - arrived, result.run_ms)
+        admission.record_hold(finished - ticket.started)
+        queued = ticket.started - ticket.arrived
+        metrics.scored(finished - ticket.arrived, queued, result.run_ms)
         if result.failure:
             metrics.rejected(result.failure)
-        return _http_response(result, ids, (started - arrived) * 1000.0)
+        return _http_response(result, ids, queued * 1000.0)
 
     def _budget(self, header: bytes | None) -> float:
         """Seconds this request may take in all: the client's x-ms-request-timeout-ms can only
@@ -149,17 +142,21 @@ class Routes:
                              f"got {header.decode('latin-1')!r}.")
         return min(limit, int(header) / 1000.0)
 
-    async def _queued(self, wait: float, grant: Callable[[Slot], None], answer: asyncio.Future[RawResponse],
-                      receive: Receive) -> RawResponse:
-        """Wait in the queue, then for the answer, while watching the connection: a client that
-        leaves while queued is taken out of the queue, and run() is never called for it."""
+    async def _queued(self, ticket: Ticket, wait: float, receive: Receive) -> RawResponse:
+        """Wait in the queue, then for the answer. A request still queued after WATCH_AFTER seconds
+        has its connection watched: a client that leaves is taken out of the queue, and run() is
+        never called for it. (Watching costs a task; most waits end well before WATCH_AFTER.)"""
         admission = self.state.admission
-        ticket = admission.enqueue(wait, grant, answer)
-        watcher = asyncio.ensure_future(_left_queue(receive, admission, ticket))
+        admission.enqueue(ticket, wait)
+        watchers: list[asyncio.Task[None]] = []
+        watch = asyncio.get_running_loop().call_later(
+            WATCH_AFTER, lambda: watchers.append(asyncio.ensure_future(_left_queue(receive, admission, ticket))))
         try:
-            return await answer
+            return await ticket.answer
         finally:
-            watcher.cancel()
+            watch.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             admission.leave(ticket)  # when this handler itself is cancelled while queued
 
     def _authorized(self, header: bytes) -> bool:

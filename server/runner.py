@@ -101,7 +101,7 @@ def build_state(settings: Settings) -> ServerState:
     admission = AdmissionQueue(settings.max_concurrent_requests, settings.max_queue_size, settings.max_queue_wait_ms)
     init_started = time.monotonic()
     if settings.executor == "processes":
-        executor: ProcessExecutor | ThreadExecutor = ProcessExecutor.launch(settings)
+        executor: ProcessExecutor | ThreadExecutor = ProcessExecutor.launch(settings, admission)
         state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
         _report_warm_up(state, executor.warm_up_error)
         state.metrics.init_seconds.set(time.monotonic() - init_started)
@@ -109,9 +109,10 @@ def build_state(settings: Settings) -> ServerState:
     logger.info("running init()")
     pipeline.script.call_init()
     executor: ThreadExecutor | InlineExecutor = (
-        ThreadExecutor(pipeline, settings.max_concurrent_requests) if settings.executor == "threads"
-        else InlineExecutor(pipeline)
+        ThreadExecutor(pipeline, settings.max_concurrent_requests, settings.scoring_timeout_ms)
+        if settings.executor == "threads" else InlineExecutor(pipeline)
     )
+    admission.bind(executor.submit)
     state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
     _report_warm_up(state, warm_up(pipeline))
     state.metrics.init_seconds.set(time.monotonic() - init_started)

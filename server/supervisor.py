@@ -2,8 +2,13 @@
 
 The front hands a worker the raw request and gets raw response bytes back over a socket pair. A
 worker past the scoring timeout is killed and replaced; one that dies costs only the request it
-held. Either way its slot is released only when the replacement is ready, so capacity is never
-over-promised. Replacements whose init() fails are retried with backoff, and readiness says why.
+was running. Either way its slot is released only when the replacement is ready, so capacity is
+never over-promised. Replacements whose init() fails are retried with backoff, and readiness says why.
+
+A worker is never left idle between requests: while it runs one, the front may hold the next few
+queued requests ready in its socket (more when run() is quick, none when it is slow). They are
+still queued: they get a slot only when the worker reaches them, in order, and the worker skips
+one whose queue deadline passed or whose client left (the front sends a cancel frame).
 """
 
 from __future__ import annotations
@@ -18,37 +23,44 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from mlscore.scoring.entry_script import EntryScriptError
-from mlscore.scoring.messages import RawRequest, RawResponse
+from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import error_response
-from mlscore.server.admission import Slot
+from mlscore.server.admission import AdmissionQueue, Rejected, Slot, Ticket
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
 from mlscore.server.worker import (
-    CHUNK, CONTROL, END, FAILED, STREAMED, FrameBuffer, read_control_blocking, request_frame, worker_main,
+    CHUNK, CONTROL, END, FAILED, SKIPPED, STREAMED, FrameBuffer, cancel_frame, read_control_blocking,
+    request_frame, worker_main,
 )
 
 logger = logging.getLogger("mlscore.server")
 MAX_BACKOFF = 30.0
+# Requests held ready per worker: enough to cover about HOLD_READY_SECONDS of run()s, at most MAX_HELD_READY.
+HOLD_READY_SECONDS = 0.002
+MAX_HELD_READY = 3
+# A held request is skipped this long before its queue deadline, so that the front's 503 at the
+# deadline never races a run() that has just begun.
+START_MARGIN = 0.001
 
 
 class Call:
-    """One request holding a slot: the future its handler awaits, the scoring-timeout timer, the
-    worker it went to (None while every worker is busy), and its body chunks while streaming."""
+    """A request sent to a worker. It holds a slot once the worker runs it (`slot`); until then it
+    is held ready and its ticket is still queued. `stream` carries a streamed body's chunks."""
 
-    __slots__ = ("request", "slot", "answer", "timer", "worker", "stream")
+    __slots__ = ("ticket", "slot", "timer", "worker", "sequence", "stream")
 
-    def __init__(self, request: RawRequest, slot: Slot, answer: asyncio.Future[RawResponse]) -> None:
-        self.request = request
+    def __init__(self, ticket: Ticket, slot: Slot | None) -> None:
+        self.ticket = ticket
         self.slot = slot
-        self.answer = answer
         self.timer: asyncio.TimerHandle | None = None
         self.worker: Worker | None = None
+        self.sequence = 0
         self.stream: asyncio.Queue[bytes | Exception | None] | None = None
 
 
 class WorkerConnection(asyncio.Protocol):
-    """The front's end of one worker's socket: writes request frames and, as response frames
-    arrive, hands each to the executor for the call at the head of `calls`."""
+    """The front's end of one worker's socket: writes request and cancel frames and, as response
+    frames arrive (in order), hands each to the executor for the call at the head of `calls`."""
 
     def __init__(self, executor: "ProcessExecutor", worker: "Worker") -> None:
         self._executor = executor
@@ -72,13 +84,16 @@ class WorkerConnection(asyncio.Protocol):
                                        else None)
                 self.calls.popleft()
                 self._executor._answered(self._worker, call, None)
+            elif frame.status == SKIPPED:
+                self.calls.popleft()
+                self._executor._skipped(self._worker, call)
             elif frame.flags & STREAMED:
                 # The head of a streamed body: the client gets it now; the call ends at END.
                 call.stream = asyncio.Queue()
                 response = frame.response()
                 response.body = _chunks(call.stream)
-                if not call.answer.done():
-                    call.answer.set_result(response)
+                if not call.ticket.answer.done():
+                    call.ticket.answer.set_result(response)
             else:
                 self.calls.popleft()
                 self._executor._answered(self._worker, call, frame.response())
@@ -90,6 +105,10 @@ class WorkerConnection(asyncio.Protocol):
         assert self._transport is not None
         self.calls.append(call)
         self._transport.write(frame)
+
+    def cancel(self, call: Call) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(cancel_frame(call.sequence))
 
     def close(self) -> None:
         if self._transport is not None:
@@ -133,18 +152,22 @@ def spawn_worker(settings: Settings) -> Worker:
 class ProcessExecutor:
     name = "processes"
 
-    def __init__(self, settings: Settings, workers: list[Worker]) -> None:
+    def __init__(self, settings: Settings, workers: list[Worker], admission: AdmissionQueue) -> None:
         self._settings = settings
+        self._scoring_timeout = settings.scoring_timeout_ms / 1000.0
         self._workers = workers
+        self._admission = admission
         self._idle: deque[Worker] = deque()
         # Calls holding a slot while every worker is busy (only with fewer workers than slots).
         self._backlog: deque[Call] = deque()
+        self._sequence = 0
         self._problem = ""
         self._closing = False
         self.restarts = 0
+        admission.bind(self.submit, self._queue_grew)
 
     @classmethod
-    def launch(cls, settings: Settings) -> "ProcessExecutor":
+    def launch(cls, settings: Settings, admission: AdmissionQueue) -> "ProcessExecutor":
         """Start the first workers before the server listens: a failing init() stops the start."""
         workers: list[Worker] = []
         try:
@@ -155,7 +178,7 @@ class ProcessExecutor:
                 worker.kill()
             raise
         logger.info("%d scoring worker(s) ready: pids %s", len(workers), ", ".join(str(w.pid) for w in workers))
-        return cls(settings, workers)
+        return cls(settings, workers, admission)
 
     @property
     def warm_up_error(self) -> str:
@@ -175,47 +198,106 @@ class ProcessExecutor:
         for worker in self._workers:
             await self._attach(worker)
 
-    def submit(self, request: RawRequest, slot: Slot, timeout: float,
-               answer: asyncio.Future[RawResponse]) -> None:
-        """Send the request to an idle worker now (to the backlog when every worker is busy, which
-        happens only with fewer workers than slots); the scoring timeout runs from here."""
-        call = Call(request, slot, answer)
-        call.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, call, round(timeout * 1000))
+    def submit(self, ticket: Ticket, slot: Slot) -> None:
+        """Send a request that has its slot to an idle worker now (to the backlog when every worker
+        is busy, which happens only with fewer workers than slots); the scoring timeout runs from here."""
+        call = Call(ticket, slot)
+        self._run_timer(call)
         if self._idle:
-            self._dispatch(self._idle.popleft(), call)
+            self._send(self._idle.popleft(), call)
         else:
             self._backlog.append(call)
 
-    def _dispatch(self, worker: Worker, call: Call) -> None:
-        assert worker.connection is not None and call.timer is not None
+    def _send(self, worker: Worker, call: Call, start_by: float = 0.0) -> None:
+        assert worker.connection is not None
+        self._sequence += 1
+        call.sequence = self._sequence
         call.worker = worker
-        deadline = time.time() + max(0.0, call.timer.when() - asyncio.get_running_loop().time())
-        worker.connection.send(request_frame(call.request, deadline), call)
+        worker.connection.send(request_frame(call.ticket.request, call.sequence, start_by), call)
 
-    def _free(self, worker: Worker) -> None:
-        if self._backlog:
-            self._dispatch(worker, self._backlog.popleft())
-        else:
-            self._idle.append(worker)
+    def _run_timer(self, call: Call) -> None:
+        timeout = call.ticket.run_timeout(self._scoring_timeout)
+        call.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, call, round(timeout * 1000))
+
+    def _queue_grew(self) -> None:
+        """A request joined the queue: hold it ready next to a busy worker if one has room."""
+        for worker in self._workers:
+            if self._hold_ready(worker):
+                return
+
+    def _hold_ready(self, worker: Worker) -> bool:
+        """Top up the requests held ready in a worker that is running one; True if any was added."""
+        connection = worker.connection
+        if connection is None or not connection.calls or connection.calls[0].slot is None:
+            return False
+        hold = self._admission.hold_seconds
+        depth = 1 + min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold) if hold > 0 else MAX_HELD_READY)
+        added = False
+        loop = asyncio.get_running_loop()
+        while len(connection.calls) < depth:
+            ticket = self._admission.pull()
+            if ticket is None:
+                break
+            call = Call(ticket, None)
+            ticket.on_leave = lambda call=call: connection.cancel(call)
+            assert ticket.timer is not None
+            start_by = time.time() + (ticket.timer.when() - loop.time()) - START_MARGIN
+            self._send(worker, call, start_by)
+            added = True
+        return added
 
     def _answered(self, worker: Worker, call: Call, response: RawResponse | None) -> None:
-        """A worker answered `call` (`response` is None at the end of a streamed body): the worker
-        takes the next request, the slot goes to the next waiter (who may be sent to this worker
-        at once), and only then the handler wakes."""
-        assert call.timer is not None
+        """A worker answered `call` (`response` is None at the end of a streamed body): its slot
+        passes to the next request the worker holds, or goes back to admission, before the
+        handler wakes, so the worker has its next request as soon as possible."""
+        assert call.timer is not None and call.slot is not None
         call.timer.cancel()
-        self._free(worker)
-        call.slot.release()
-        if response is not None and not call.answer.done():
-            call.answer.set_result(response)
+        self._next(worker, call.slot)
+        if response is not None and not call.ticket.answer.done():
+            call.ticket.answer.set_result(response)
+
+    def _skipped(self, worker: Worker, call: Call) -> None:
+        """The worker did not run `call`: it was cancelled, or its queue deadline passed first."""
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.slot is not None:
+            self._next(worker, call.slot)
+        answer = call.ticket.answer
+        if not answer.done():
+            waited_ms = round((asyncio.get_running_loop().time() - call.ticket.arrived) * 1000)
+            answer.set_exception(Rejected(
+                "queue_timeout", f"Waited {waited_ms} ms for a scoring slot (maxQueueWaitMs or the request's own "
+                "deadline) without getting one.", self._admission.retry_after()))
+
+    def _next(self, worker: Worker, slot: Slot) -> None:
+        connection = worker.connection
+        assert connection is not None
+        if connection.calls:
+            # The worker goes straight on to the request it held ready: the slot is that one's now.
+            held = connection.calls[0]
+            held.slot = slot
+            # Timed even when its client has gone: the worker may have begun it an instant before
+            # the cancel or the deadline reached it.
+            self._admission.started(held.ticket)
+            self._run_timer(held)
+            self._hold_ready(worker)
+            return
+        if self._backlog:
+            self._send(worker, self._backlog.popleft())
+        else:
+            self._idle.append(worker)
+        slot.release()  # the next queued request may be sent to this worker right here
+        self._hold_ready(worker)
 
     def _timed_out(self, call: Call, timeout_ms: int) -> None:
-        if not call.answer.done():
-            call.answer.set_result(timeout_response(timeout_ms))
+        answer = call.ticket.answer
+        if not answer.done():
+            answer.set_result(timeout_response(timeout_ms))
         elif call.stream is not None:
             call.stream.put_nowait(TimeoutError(f"the streamed body passed the scoring timeout of {timeout_ms} ms"))
         if call.worker is None:  # still waiting for a worker: it never reached run()
             self._backlog.remove(call)
+            assert call.slot is not None
             call.slot.release()
             return
         logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", timeout_ms,
@@ -223,29 +305,35 @@ class ProcessExecutor:
         call.worker.kill()  # its socket closes, and _lost replaces it
 
     def _lost(self, worker: Worker) -> None:
-        """The worker's socket closed: it died, or it was killed after a scoring timeout. A request
-        it still held that has no answer yet gets a 500; its slots are released when its
-        replacement is ready, so capacity is never over-promised."""
+        """The worker's socket closed: it died, or it was killed after a scoring timeout. The request
+        it was running gets a 500 if it has no answer yet; those it held ready go back to the head
+        of the queue; its slot is released when its replacement is ready."""
         assert worker.connection is not None
         calls = list(worker.connection.calls)
         worker.connection.calls.clear()
+        slots: list[Slot] = []
         for call in calls:
-            assert call.timer is not None
-            call.timer.cancel()
+            if call.timer is not None:
+                call.timer.cancel()
+            if call.slot is None:
+                continue
+            slots.append(call.slot)
             if call.stream is not None:
                 call.stream.put_nowait(ConnectionError("the worker died while streaming the body"))
-            if not call.answer.done():
+            if not call.ticket.answer.done():
                 logger.error("worker %d died while scoring (exit status %s)", worker.pid, worker.process.exitcode)
                 died = error_response(500, "The worker process scoring this request died; it is being replaced.",
                                       run_failed=True)
                 died.failure = "worker_died"
-                call.answer.set_result(died)
+                call.ticket.answer.set_result(died)
+        for call in reversed(calls):
+            if call.slot is None:
+                self._admission.give_back(call.ticket)
         worker.kill()
         if worker in self._idle:
             self._idle.remove(worker)
         if worker in self._workers:
             self._workers.remove(worker)
-        slots = [call.slot for call in calls]
         if self._closing:
             for slot in slots:
                 slot.release()
@@ -265,7 +353,10 @@ class ProcessExecutor:
         worker.sock.setblocking(False)
         _, worker.connection = await asyncio.get_running_loop().create_connection(
             lambda: WorkerConnection(self, worker), sock=worker.sock)
-        self._free(worker)
+        if self._backlog:
+            self._send(worker, self._backlog.popleft())
+        else:
+            self._idle.append(worker)
 
     async def _replace(self, slots: list[Slot]) -> None:
         """Start a replacement, retrying a failing init() with backoff; the slots of the requests

@@ -3,8 +3,14 @@
 Frames are a fixed binary header, then NUL-separated text fields, then the raw body: request and
 response bodies cross as they are, never pickled or re-encoded.
 
-    request   !dIII  deadline (wall clock), line, headers and body lengths | method\\0path\\0query | headers | body
-    response  !HdBII status, run ms (NaN: none), flags, headers and body lengths | headers | body
+    request   !BIdIII  kind, sequence number, start-by time (wall clock; 0: none), line, headers and
+                       body lengths | method\\0path\\0query | headers | body
+    cancel    the same header with kind CANCEL and the sequence number of a request not to run
+    response  !HdBII   status, run ms (NaN: none), flags, headers and body lengths | headers | body
+
+The front may send a request while the worker is still running the one before (it holds it
+ready). The worker answers every request in order: with the pipeline's response, or with a
+SKIPPED frame when the request was cancelled or its start-by time passed before it could begin.
 """
 
 from __future__ import annotations
@@ -15,17 +21,19 @@ import os
 import socket
 import struct
 import time
-from typing import Any, BinaryIO, NamedTuple
+from collections import deque
+from typing import Any, NamedTuple
 
 import orjson
 
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
-from mlscore.scoring.pipeline import error_response
 
-REQUEST = struct.Struct("!dIII")
+REQUEST = struct.Struct("!BIdIII")
+RUN, CANCEL = 0, 1  # request kinds
 RESPONSE = struct.Struct("!HdBII")
-CONTROL, CHUNK, END = 0, 1, 2  # status values that are not HTTP statuses: a control message, a body chunk, its end
+# Status values that are not HTTP statuses: a control message, a body chunk, its end, a request not run.
+CONTROL, CHUNK, END, SKIPPED = 0, 1, 2, 3
 FAILED, STREAMED = 1, 2  # flag bits: run() failed; the body follows as CHUNK frames and an END frame
 logger = logging.getLogger("mlscore.worker")
 
@@ -41,12 +49,19 @@ def unpack_headers(block: bytes) -> list[tuple[bytes, bytes]]:
     return list(zip(parts[0::2], parts[1::2]))
 
 
-def request_frame(request: RawRequest, deadline: float) -> bytes:
-    """`deadline` is wall-clock (time.time()), so that the worker can tell a request that expired
-    while it was waiting in the pipe."""
+def request_frame(request: RawRequest, sequence: int, start_by: float = 0.0) -> bytes:
+    """`start_by` is wall-clock (time.time()): a request the worker reaches later is skipped."""
     line = b"\0".join((request.method.encode(), request.path.encode("utf-8", "surrogateescape"), request.query))
     headers = pack_headers(request.headers)
-    return REQUEST.pack(deadline, len(line), len(headers), len(request.body)) + line + headers + request.body
+    return (REQUEST.pack(RUN, sequence, start_by, len(line), len(headers), len(request.body))
+            + line + headers + request.body)
+
+
+def cancel_frame(sequence: int) -> bytes:
+    return REQUEST.pack(CANCEL, sequence, 0.0, 0, 0, 0)
+
+
+SKIPPED_FRAME = RESPONSE.pack(SKIPPED, math.nan, 0, 0, 0)
 
 
 def response_frame(response: RawResponse, flags: int = 0) -> bytes:
@@ -127,18 +142,49 @@ def read_control_blocking(sock: socket.socket) -> dict[str, Any] | None:
         stream.close()
 
 
-def _read_request(stream: BinaryIO) -> tuple[float, RawRequest] | None:
-    header = stream.read(REQUEST.size)
-    if len(header) < REQUEST.size:
-        return None
-    deadline, line_length, headers_length, body_length = REQUEST.unpack(header)
-    payload = stream.read(line_length + headers_length + body_length)
-    if len(payload) < line_length + headers_length + body_length:
-        return None
-    method, path, query = payload[:line_length].split(b"\0", 2)
-    headers = unpack_headers(payload[line_length:line_length + headers_length])
-    body = payload[line_length + headers_length:]
-    return deadline, RawRequest(method.decode(), path.decode("utf-8", "surrogateescape"), query, headers, body)
+class RequestReader:
+    """The worker's side of the socket: reads whatever has arrived, keeps the requests to run in
+    order, and notes the cancelled ones."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._data = bytearray()
+        self.pending: deque[tuple[int, float, RawRequest]] = deque()
+        self.cancelled: set[int] = set()
+        self.closed = False
+
+    def read(self, block: bool) -> None:
+        """Take in what the front has sent; wait for something only when `block`."""
+        try:
+            data = self._sock.recv(1 << 20, 0 if block else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        if not data:
+            self.closed = True
+            return
+        self._data += data
+        self._parse()
+
+    def _parse(self) -> None:
+        data = self._data
+        offset = 0
+        while len(data) - offset >= REQUEST.size:
+            kind, sequence, start_by, line_length, headers_length, body_length = REQUEST.unpack_from(data, offset)
+            end = offset + REQUEST.size + line_length + headers_length + body_length
+            if len(data) < end:
+                break
+            if kind == CANCEL:
+                self.cancelled.add(sequence)
+            else:
+                at = offset + REQUEST.size
+                method, path, query = bytes(data[at:at + line_length]).split(b"\0", 2)
+                at += line_length
+                headers = unpack_headers(bytes(data[at:at + headers_length]))
+                body = bytes(data[at + headers_length:end])
+                self.pending.append((sequence, start_by, RawRequest(
+                    method.decode(), path.decode("utf-8", "surrogateescape"), query, headers, body)))
+            offset = end
+        del data[:offset]
 
 
 def worker_main(settings: Any, sock: socket.socket) -> None:
@@ -154,14 +200,19 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
         sock.sendall(control_frame({"init_error": error.cause}))
         raise SystemExit(3)
     sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up(pipeline)}))
-    stream = sock.makefile("rb")
-    while True:
-        frame = _read_request(stream)
-        if frame is None:
-            return
-        deadline, request = frame
-        if deadline < time.time():
-            response = error_response(504, "The request's deadline passed before a worker could run it.")
+    reader = RequestReader(sock)
+    while not reader.closed:
+        # Block only with nothing to run; otherwise pick up what arrived (a cancel, above all).
+        reader.read(block=not reader.pending)
+        if not reader.pending:
+            continue
+        sequence, start_by, request = reader.pending.popleft()
+        if sequence in reader.cancelled:
+            reader.cancelled.discard(sequence)
+            sock.sendall(SKIPPED_FRAME)
+        elif start_by and start_by < time.time():
+            sock.sendall(SKIPPED_FRAME)
         else:
-            response = pipeline.handle(request)
-        send_response(sock, response)
+            send_response(sock, pipeline.handle(request))
+        if reader.cancelled:  # a cancel that came too late names a request already answered
+            reader.cancelled = {cancelled for cancelled in reader.cancelled if cancelled > sequence}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import socket
 import time
 
 import httpx
 
 from conftest import SCRIPTS, start_server
+from mlscore.scoring.messages import RawRequest
+from mlscore.server.worker import RequestReader, cancel_frame, request_frame
 
 
 def wait_ready(url: str, timeout: float = 30) -> None:
@@ -71,3 +75,76 @@ def test_streamed_body_crosses_from_the_worker_chunk_by_chunk(tmp_path):
         assert echoed.content == binary
     finally:
         server.stop()
+
+
+def _warm(url: str, count: int = 60) -> None:
+    """Quick requests, so that the front measures run() as fast and holds queued requests ready
+    in the worker's socket (see supervisor.py)."""
+    with httpx.Client(timeout=30) as client:
+        for _ in range(count):
+            assert client.post(url + "/score", json={"ms": 0, "tag": "warm"}).status_code == 200
+
+
+def test_requests_held_ready_in_a_busy_worker_keep_the_queue_rules(tmp_path):
+    calls = tmp_path / "calls.txt"
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "sleepy.py"), "--executor", "processes",
+                          "--max-concurrent-requests", "1", "--max-queue-wait-ms", "400",
+                          env={"SLEEPY_CALLS_FILE": str(calls)})
+    try:
+        _warm(server.url)
+        host, port = server.url.removeprefix("http://").split(":")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            holder = pool.submit(httpx.post, server.url + "/score", json={"ms": 1500, "tag": "holder"}, timeout=30)
+            time.sleep(0.2)
+            body = b'{"ms": 0, "tag": "gone"}'
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                time.sleep(0.1)
+            started = time.monotonic()
+            expired = httpx.post(server.url + "/score", json={"ms": 0, "tag": "expired"}, timeout=30)
+            waited = time.monotonic() - started
+            assert holder.result().status_code == 200
+        assert expired.status_code == 503 and "Waited" in expired.json()["message"]
+        assert 0.35 <= waited < 1.2  # at its own deadline, not when the holder finished
+        assert httpx.post(server.url + "/score", json={"ms": 0, "tag": "after"}).status_code == 200
+        assert [tag for tag in calls.read_text().split() if tag != "warm"] == ["holder", "after"]
+        metrics = httpx.get(server.url + "/metrics").text
+        assert "mlscore_queue_depth 0.0" in metrics and "mlscore_in_flight 0.0" in metrics
+        assert 'mlscore_rejections_total{reason="client_disconnect"} 1.0' in metrics
+        assert 'mlscore_rejections_total{reason="queue_timeout"} 1.0' in metrics
+    finally:
+        assert server.stop() == 0
+
+
+def test_requests_held_ready_by_a_killed_worker_go_to_its_replacement(tmp_path):
+    calls = tmp_path / "calls.txt"
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "sleepy.py"), "--executor", "processes",
+                          "--max-concurrent-requests", "1", "--max-queue-wait-ms", "20000",
+                          "--scoring-timeout-ms", "800", env={"SLEEPY_CALLS_FILE": str(calls)})
+    try:
+        _warm(server.url)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            slow = pool.submit(httpx.post, server.url + "/score", json={"ms": 5000, "tag": "slow"}, timeout=30)
+            time.sleep(0.2)
+            queued = [pool.submit(httpx.post, server.url + "/score", json={"ms": 0, "tag": f"q{i}"}, timeout=30)
+                      for i in range(2)]
+            assert slow.result().status_code == 504
+            assert [response.result().status_code for response in queued] == [200, 200]
+        tags = [tag for tag in calls.read_text().split() if tag != "warm"]
+        assert tags[0] == "slow" and sorted(tags[1:]) == ["q0", "q1"]
+    finally:
+        server.stop()
+
+
+def test_worker_reads_requests_and_cancels_sent_while_it_runs():
+    front, back = socket.socketpair()
+    with front, back:
+        request = RawRequest("POST", "/score", b"a=1", [(b"content-type", b"application/json")], b'{"x": 1}')
+        front.sendall(request_frame(request, 1) + request_frame(request, 2, start_by=12.5) + cancel_frame(1))
+        reader = RequestReader(back)
+        reader.read(block=True)
+        assert [(sequence, start_by) for sequence, start_by, _ in reader.pending] == [(1, 0.0), (2, 12.5)]
+        assert reader.pending[1][2] == request and reader.cancelled == {1}
+        front.close()
+        reader.read(block=True)
+        assert reader.closed
