@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -108,6 +109,14 @@ class ScoreFirst:
             return
         try:
             response = await self._routes.score(scope, receive)
+        except asyncio.CancelledError:
+            # The graceful shutdown's grace period ran out with this request still open: it gets a
+            # JSON 503, and the task ends quietly (the cancellation has done its work).
+            self._metrics.request("/score", 503)
+            with contextlib.suppress(Exception):
+                await json_error(503, "The server stopped before this request was answered (its shutdown grace "
+                                 "period ran out).", [(b"retry-after", b"1")])(scope, receive, send)
+            return
         except Exception:
             logger.exception("unhandled error answering %s /score", scope["method"])
             response = json_error(500, INTERNAL_ERROR)

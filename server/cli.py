@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--deploy-config", dest="deploy_config", type=Path,
                        help="deployment-config JSON (maxConcurrentRequestsPerContainer, maxQueueWaitMs, scoringTimeoutMs)")
     serve.add_argument("--log-level", dest="log_level", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
+    serve.add_argument("--graceful-timeout", dest="graceful_timeout",
+                       help="seconds a stop (SIGTERM, SIGINT) waits for accepted requests to finish (default 30)")
     admission = serve.add_argument_group("admission")
     admission.add_argument("--max-concurrent-requests", dest="max_concurrent_requests",
                            help="requests in run() at once per replica (default 1)")

@@ -1,14 +1,18 @@
-"""A server's life in three steps: start (settings, port, script, init, warm-up), serve, shut down."""
+"""A server's life in three steps: start (settings, port, script, Swagger), serve (init() and the
+warm-up run while health answers), shut down (what was accepted is finished within a grace period)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import uvicorn
 
@@ -16,8 +20,8 @@ from mlscore.scoring.entry_script import EntryScriptError, load_entry_script, re
 from mlscore.scoring.model_path import MODEL_DIR_ENV
 from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
-from mlscore.server.admission import AdmissionQueue
-from mlscore.server.app import ServerState, create_app
+from mlscore.server.admission import AdmissionQueue, Slot, Ticket
+from mlscore.server.app import Executor, ServerState, create_app
 from mlscore.server.executors import InlineExecutor, ThreadExecutor
 from mlscore.server.supervisor import ProcessExecutor
 from mlscore.server.settings import Settings, log_level_number
@@ -27,6 +31,8 @@ logger = logging.getLogger("mlscore.server")
 EXIT_STARTUP_FAILED = 3  # Azure's scoring server exits 3 when the entry script cannot start
 EXIT_BAD_SETTINGS = 2
 EXIT_PORT_UNAVAILABLE = 1
+STARTING = "init() and the warm-up run() have not finished yet"
+T = TypeVar("T")
 
 
 class StartupError(Exception):
@@ -37,8 +43,12 @@ class StartupError(Exception):
 
 @dataclass(slots=True)
 class Started:
+    """A server about to listen: its state (the executor a stand-in until init() ran), the bound
+    socket and the loaded script."""
+
     state: ServerState
     sock: socket.socket
+    pipeline: ScoringPipeline
 
 
 def configure_logging(level: str) -> None:
@@ -51,8 +61,7 @@ def configure_logging(level: str) -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """Take the port before the (possibly slow) init(), so a busy port fails at once; the socket
-    listens only once the app serves, so nothing connects to a server that cannot answer yet."""
+    """Take the port before loading the script, so a busy port fails at once."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
@@ -71,23 +80,34 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def start(settings: Settings) -> Started:
-    """Everything before serving; raises StartupError or EntryScriptError."""
+    """Everything before listening: the port, the script imported, Swagger; raises StartupError or
+    EntryScriptError. init() and the warm-up run once the server listens (see `Server`)."""
     if settings.entry_script is None:
         raise StartupError(
             "no entry script: pass --entry-script PATH or set AZUREML_ENTRY_SCRIPT", EXIT_BAD_SETTINGS
         )
     sock = bind(settings.host, settings.port)
     try:
-        state = build_state(settings)
+        state, pipeline = prepare_state(settings)
     except BaseException:
         sock.close()
         raise
-    return Started(state, sock)
+    return Started(state, sock, pipeline)
 
 
 def build_state(settings: Settings) -> ServerState:
-    """Load the entry script, start the executor (init() and the warm-up run where the executor
-    scores), build Swagger: a state ready to serve."""
+    """A state ready to serve, in one blocking call (init() and the warm-up done): for in-process use.
+    The executor starts with the app's lifespan."""
+    state, pipeline = prepare_state(settings)
+    init_started = time.monotonic()
+    executor, warm_up_error = launch_executor(state, pipeline)
+    use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
+    return state
+
+
+def prepare_state(settings: Settings) -> tuple[ServerState, ScoringPipeline]:
+    """The script imported and Swagger built; the state's executor is a stand-in that is not ready,
+    and the pipeline's init() has not run."""
     if settings.model_dir is not None:
         os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
     pipeline = load_script(settings)
@@ -99,27 +119,118 @@ def build_state(settings: Settings) -> ServerState:
     except ValueError as error:  # a user-supplied swagger file that is not JSON
         raise StartupError(str(error), EXIT_STARTUP_FAILED) from error
     admission = AdmissionQueue(settings.max_concurrent_requests, settings.max_queue_size, settings.max_queue_wait_ms)
-    init_started = time.monotonic()
+    state = ServerState(settings=settings, admission=admission, executor=NotStarted(settings.executor),
+                        swagger=swagger, not_ready_reason=STARTING)
+    return state, pipeline
+
+
+def launch_executor(state: ServerState, pipeline: ScoringPipeline) -> tuple[Executor, str]:
+    """init() and the warm-up run where the executor scores (blocking): the executor, not started
+    yet, and the warm-up's error ("" when it passed). Raises EntryScriptError when init() fails."""
+    settings = state.settings
     if settings.executor == "processes":
-        executor: ProcessExecutor | ThreadExecutor = ProcessExecutor.launch(settings, admission)
-        state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
-        _report_warm_up(state, executor.warm_up_error)
-        state.metrics.init_seconds.set(time.monotonic() - init_started)
-        return state
+        workers = ProcessExecutor.launch(settings, state.admission)
+        return workers, workers.warm_up_error
     logger.info("running init()")
     pipeline.script.call_init()
     executor: ThreadExecutor | InlineExecutor = (
         ThreadExecutor(pipeline, settings.max_concurrent_requests, settings.scoring_timeout_ms)
         if settings.executor == "threads" else InlineExecutor(pipeline)
     )
-    admission.bind(executor.submit)
-    state = ServerState(settings=settings, admission=admission, executor=executor, swagger=swagger)
-    _report_warm_up(state, warm_up(pipeline))
-    state.metrics.init_seconds.set(time.monotonic() - init_started)
-    return state
+    state.admission.bind(executor.submit)
+    return executor, warm_up(pipeline)
 
 
-def serve(started: Started) -> None:
+def use_executor(state: ServerState, executor: Executor, warm_up_error: str, init_seconds: float) -> None:
+    """Put the launched executor in place of the stand-in; readiness follows the warm-up."""
+    state.executor = executor
+    state.metrics.init_seconds.set(init_seconds)
+    _report_warm_up(state, warm_up_error)
+
+
+class NotStarted:
+    """The executor's stand-in while init() and the warm-up run: never ready, so /score answers 503
+    with Retry-After (routes check `ready` before submitting) and /health/ready says why."""
+
+    ready = False
+    not_ready_reason = STARTING
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def start(self) -> None:
+        """Nothing to start: `Server` launches the real executor once the server listens."""
+
+    def submit(self, ticket: Ticket, slot: Slot) -> None:
+        raise RuntimeError("no executor yet: a request was submitted before init() finished")
+
+    async def close(self) -> None:
+        """Nothing to stop: init() still running is abandoned with the process."""
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server with the two ends of our life: once it listens, init() and the warm-up run in
+    the background (health answers meanwhile; ready is 503 until they pass); on a stop, it logs how
+    the graceful shutdown went. uvicorn's own shutdown stops accepting, closes idle connections,
+    waits up to the grace period for every request task (queued ones too: their handlers are
+    running), cancels what is left, and only then runs the lifespan's shutdown, which closes the
+    executor."""
+
+    def __init__(self, config: uvicorn.Config, started: Started) -> None:
+        super().__init__(config)
+        self.exit_code = 0
+        self.cut_off = 0  # requests still open when the grace period ran out
+        self._launch = started
+        self._scoring_start: asyncio.Future[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        host, port = self._launch.sock.getsockname()[:2]
+        logger.info("listening on http://%s:%d; running init() and the warm-up (/health/ready is 503 until "
+                    "they pass)", host, port)
+        self._scoring_start = asyncio.ensure_future(self._start_scoring(host, port))
+
+    async def _start_scoring(self, host: str, port: int) -> None:
+        state = self._launch.state
+        init_started = time.monotonic()
+        try:
+            executor, warm_up_error = await _in_daemon_thread(launch_executor, state, self._launch.pipeline)
+            await executor.start()
+        except Exception as error:
+            self.exit_code = _cannot_start(error)
+            self.should_exit = True
+            return
+        use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
+        readiness = "ready" if state.ready else f"not ready: {state.not_ready_reason}"
+        logger.info("serving %s on http://%s:%d (%s; executor %s)", state.settings.entry_script, host, port,
+                    readiness, executor.name)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.exit_code:  # init() failed: nothing was accepted, and the reason is logged already
+            await super().shutdown(sockets=sockets)
+            return
+        admission = self._launch.state.admission
+        logger.info("stopping: finishing %d in-flight request(s) (%d scoring, %d queued), grace period %g s",
+                    len(self.server_state.tasks), admission.in_use, admission.queued,
+                    self.config.timeout_graceful_shutdown)
+        await super().shutdown(sockets=sockets)
+        if self.cut_off:
+            logger.warning("stopped: the grace period ran out; %d request(s) were cut off", self.cut_off)
+        else:
+            logger.info("stopped: every accepted request was answered")
+
+    async def _wait_tasks_to_complete(self) -> None:
+        # uvicorn cancels this wait when the grace period runs out, and then every request task
+        # left; the count is taken here because that is the only place that sees the moment.
+        try:
+            await super()._wait_tasks_to_complete()
+        except asyncio.CancelledError:
+            self.cut_off = len(self.server_state.tasks)
+            raise
+
+
+def serve(started: Started) -> int:
+    """Serve until stopped; the exit status (0 after a stop, 3 when init() failed)."""
     settings = started.state.settings
     config = uvicorn.Config(
         create_app(started.state),
@@ -130,23 +241,53 @@ def serve(started: Started) -> None:
         log_level=log_level_number(settings.log_level),
         log_config=None,
         timeout_keep_alive=75,  # longer than common load balancers' idle timeouts
+        timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]  # typed int, any number works
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    host, port = started.sock.getsockname()[:2]
-    readiness = "ready" if started.state.ready else f"not ready: {started.state.not_ready_reason}"
-    logger.info("serving %s on http://%s:%d (%s; executor %s)", settings.entry_script, host, port, readiness,
-                started.state.executor.name)
+    server = Server(config, started)
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours in place
     # of the default makes that a no-op, so a graceful stop ends with exit status 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _stopped_gracefully)
     server.run(sockets=[started.sock])
-    logger.info("stopped")
+    if server.cut_off:
+        # A run() cut off in a scoring thread cannot be stopped, and the interpreter would wait for
+        # it at exit; the grace period is over, so the process ends now.
+        logging.shutdown()
+        os._exit(server.exit_code)
+    return server.exit_code
 
 
 def _stopped_gracefully(signum: int, frame: object) -> None:
     """Called when uvicorn re-raises the stop signal after its graceful shutdown."""
+
+
+async def _in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a daemon thread: a stop during a long init() does not wait for it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def target() -> None:
+        result, error = None, None
+        try:
+            result = function(*args)
+        except BaseException as raised:
+            error = raised
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed: the server stopped before init() finished
+            pass
+
+    threading.Thread(target=target, name="mlscore-init", daemon=True).start()
+    return await done
 
 
 def run(settings: Settings) -> int:
@@ -154,14 +295,21 @@ def run(settings: Settings) -> int:
     logger.info("settings: %s", settings.redacted())
     try:
         started = start(settings)
-    except StartupError as error:
+    except (StartupError, EntryScriptError) as error:
+        return _cannot_start(error)
+    return serve(started)
+
+
+def _cannot_start(error: Exception) -> int:
+    """Log why the server cannot start, in one line (with the traceback where there is one); the exit status."""
+    if isinstance(error, StartupError):
         logger.error("cannot start: %s", error)
         return error.exit_code
-    except EntryScriptError as error:
+    if isinstance(error, EntryScriptError):
         logger.error("cannot start: %s", error, exc_info=error.__cause__ or error)
         return EXIT_STARTUP_FAILED
-    serve(started)
-    return 0
+    logger.error("cannot start: %s: %s", type(error).__name__, error, exc_info=error)
+    return EXIT_STARTUP_FAILED
 
 
 def load_script(settings: Settings) -> ScoringPipeline:

@@ -50,6 +50,21 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, Any], i
     return parse
 
 
+def _seconds(maximum: float) -> Callable[[str, Any], float]:
+    def parse(label: str, value: Any) -> float:
+        if isinstance(value, bool):
+            raise SettingsError(f"{label}={value!r}: must be a number of seconds")
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise SettingsError(f"{label}={value!r}: must be a number of seconds") from None
+        if not 0 < number <= maximum:  # also refuses NaN
+            raise SettingsError(f"{label}={number:g}: must be more than 0 and at most {maximum:g} seconds")
+        return number
+
+    return parse
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
     def parse(label: str, value: Any) -> str:
         text = str(value).strip().lower()
@@ -101,6 +116,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queue_size", "max_queue_size", ("MLSCORE_MAX_QUEUE_SIZE",), None, _integer(0, 1_000_000), 1024),
     Setting("executor", "executor", ("MLSCORE_EXECUTOR",), None, _choice(EXECUTORS), "processes"),
     Setting("workers", "workers", ("WORKER_COUNT",), None, _integer(1, 256)),
+    Setting("graceful_timeout", "graceful_timeout", ("MLSCORE_GRACEFUL_TIMEOUT",), None, _seconds(86_400), 30.0),
     Setting("auth_keys", "auth_key", ("MLSCORE_AUTH_KEYS",), None, _keys, ()),
     Setting("cors_origins", "cors_origins", ("AML_CORS_ORIGINS",), None, _origins, ()),
     Setting("max_body_bytes", "max_body_bytes", ("MLSCORE_MAX_BODY_BYTES",), None, _integer(1), 100 * 1024 * 1024),
@@ -127,6 +143,7 @@ class Settings:
     max_queue_size: int
     executor: str
     workers: int
+    graceful_timeout: float  # seconds a stop waits for accepted requests
     auth_keys: tuple[str, ...]
     cors_origins: tuple[str, ...]
     max_body_bytes: int

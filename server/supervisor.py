@@ -168,7 +168,8 @@ class ProcessExecutor:
 
     @classmethod
     def launch(cls, settings: Settings, admission: AdmissionQueue) -> "ProcessExecutor":
-        """Start the first workers before the server listens: a failing init() stops the start."""
+        """Start the first workers (blocking; the server already listens and is not ready): a failing
+        init() stops the start."""
         workers: list[Worker] = []
         try:
             for _ in range(settings.workers):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import struct
 import time
@@ -199,7 +200,13 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
         logger.error("worker %d: %s", os.getpid(), error, exc_info=error.__cause__ or error)
         sock.sendall(control_frame({"init_error": error.cause}))
         raise SystemExit(3)
-    sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up(pipeline)}))
+    warm_up_error = warm_up(pipeline)
+    # From here on the front decides when this worker stops: a stop signal sent to the whole process
+    # group (Ctrl+C, a container runtime, systemd) must not cut short the run() it is in, while
+    # the front finishes what was accepted. The front kills it (SIGKILL) once it is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up_error}))
     reader = RequestReader(sock)
     while not reader.closed:
         # Block only with nothing to run; otherwise pick up what arrived (a cancel, above all).

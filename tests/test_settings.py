@@ -37,6 +37,14 @@ def test_worker_count_variable_sets_the_workers():
     assert Settings.build({}, environ={"WORKER_COUNT": "3"}).workers == 3
 
 
+def test_graceful_timeout_is_30_seconds_unless_set_in_seconds_with_fractions():
+    assert Settings.build({}, environ={}).graceful_timeout == 30.0
+    assert Settings.build({}, environ={"MLSCORE_GRACEFUL_TIMEOUT": "2.5"}).graceful_timeout == 2.5
+    assert Settings.build({"graceful_timeout": "0.5"}, environ={"MLSCORE_GRACEFUL_TIMEOUT": "2.5"}).graceful_timeout == 0.5
+    with pytest.raises(SettingsError, match="MLSCORE_GRACEFUL_TIMEOUT=-1: must be more than 0"):
+        Settings.build({}, environ={"MLSCORE_GRACEFUL_TIMEOUT": "-1"})
+
+
 def test_auth_keys_from_environment_and_are_redacted():
     settings = Settings.build({}, environ={"MLSCORE_AUTH_KEYS": "primary-secret,secondary-secret"})
     assert settings.auth_keys == ("primary-secret", "secondary-secret")
@@ -50,6 +58,8 @@ def test_auth_keys_from_environment_and_are_redacted():
         ({"workers": "0"}, "--workers=0: must be between 1 and 256"),
         ({"executor": "gpu"}, "must be one of processes, threads, inline"),
         ({"auth_key": ["a", "b", "c"]}, "at most two keys"),
+        ({"graceful_timeout": "0"}, "--graceful-timeout=0: must be more than 0 and at most 86400 seconds"),
+        ({"graceful_timeout": "soon"}, "--graceful-timeout='soon': must be a number of seconds"),
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_allowed(cli, message):
