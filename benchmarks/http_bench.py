@@ -93,6 +93,7 @@ class ServerSpec:
     cwd: Path = REPO
     # The floor has no GET / route; it calls init() before it binds, so any HTTP answer means ready.
     ready_on_any_status: bool = False
+    log_dir: Path = LOGS
 
 
 @dataclass
@@ -333,9 +334,9 @@ def scrubbed_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def start_server(spec: ServerSpec) -> Server:
-    """Start a server in its own process group, logging to benchmarks/.work/logs/."""
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log_path = LOGS / f"{spec.name.replace(' ', '').replace('=', '')}.log"
+    """Start a server in its own process group, logging to its spec's log folder."""
+    spec.log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = spec.log_dir / f"{spec.name.replace(' ', '').replace('=', '')}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(spec.argv, cwd=spec.cwd, env=scrubbed_env(spec.env), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -521,7 +522,12 @@ def render_table(rows: list[Row]) -> str:
         name = f"{row.server} *" if id(row) in best and row.kind == "peer" else row.server
         lines.append([name, str(row.concurrency), f"{row.rps:,.0f} [{row.rps_min:,.0f}–{row.rps_max:,.0f}]",
                       f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", str(row.non2xx), str(row.socket_errors)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return markdown_table(lines)
+
+
+def markdown_table(lines: list[list[str]]) -> str:
+    """Rows of cells (header and alignment row first) as a Markdown table with padded columns."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines)
 
 
@@ -582,18 +588,25 @@ def git_revision() -> str:
     return revision + (" + uncommitted changes" if git("status", "--porcelain") else "")
 
 
-def machine_lines(busy_before: float) -> list[str]:
+def environment_lines(busy_before: float) -> list[str]:
+    """Results-file lines naming the machine, the Python and the packages of both venvs."""
     main = package_versions(VENV_PY, ["starlette", "uvicorn", "uvloop", "httptools", "orjson", "numpy",
                                       "scikit-learn", "inference-schema"])
     peer = package_versions(PEER_PY, [PEER_PACKAGE, "gunicorn", "flask", "azureml-core", "scikit-learn"])
     python = subprocess.run([str(VENV_PY), "-c", "import platform; print(platform.python_version())"],
                             capture_output=True, text=True).stdout.strip()
-    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("[")[0].strip()
     return [
         f"- machine: {len(os.sched_getaffinity(0))} CPUs (nproc), {cpu_model()}, Linux {platform.release()}, "
         f"CPUs {busy_before:.0%} busy just before the run",
         f"- Python {python} (.venv); " + ", ".join(f"{k} {v}" for k, v in main.items()),
         "- peer venv: " + (", ".join(f"{k} {v}" for k, v in peer.items()) or "not installed"),
+    ]
+
+
+def machine_lines(busy_before: float) -> list[str]:
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("[")[0].strip()
+    return [
+        *environment_lines(busy_before),
         f"- load: {wrk}, Lua POST `benchmarks/post.lua` (`{BODY.decode()}`), loopback 127.0.0.1",
         f"- mlscore revision: {git_revision()}",
     ]

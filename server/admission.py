@@ -17,14 +17,23 @@ from typing import Any, Callable
 from mlscore.scoring.messages import RawRequest
 
 
-class Rejected(Exception):
-    """A request refused a slot; `reason` is the metric label, `message` the client's text."""
+class Rejected:
+    """Why a request gets no slot: `reason` is the metric label, `message` the client's text. It is
+    a ticket's answer (a value, never raised: an exception kept in a future holds its traceback's
+    frames in a reference cycle, and under overload those cycles cost long full garbage collections)."""
 
-    def __init__(self, reason: str, message: str, retry_after: int) -> None:
-        super().__init__(message)
+    __slots__ = ("reason", "message", "retry_after", "status")
+
+    def __init__(self, reason: str, message: str, retry_after: int, status: int = 503) -> None:
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        self.status = status
+
+
+def queue_timeout(waited_ms: int, retry_after: int) -> Rejected:
+    return Rejected("queue_timeout", f"Waited {waited_ms} ms for a scoring slot (maxQueueWaitMs or the request's "
+                    "own deadline) without getting one.", retry_after)
 
 
 class Slot:
@@ -106,16 +115,17 @@ class AdmissionQueue:
             return Slot(self)
         return None
 
-    def enqueue(self, ticket: Ticket, wait: float) -> None:
+    def enqueue(self, ticket: Ticket, wait: float) -> Rejected | None:
         """Queue a ticket for at most `wait` seconds: it is started when a slot frees, and its
-        answer gets a Rejected when the wait runs out. Raises Rejected when the queue is full."""
+        answer is a Rejected when the wait runs out. A Rejected at once when the queue is full."""
         if self.queued >= self.max_queue_size:
-            raise Rejected("queue_full", f"Queue full: {self.max_queue_size} requests are already waiting "
-                           "for a scoring slot.", self.retry_after())
+            return Rejected("queue_full", f"Queue full: {self.max_queue_size} requests are already waiting "
+                            "for a scoring slot.", self.retry_after())
         ticket.timer = asyncio.get_running_loop().call_later(wait, self._expire, ticket, round(wait * 1000))
         self._waiters.append(ticket)
         if self._waiting_hook is not None:
             self._waiting_hook()
+        return None
 
     def pull(self) -> Ticket | None:
         """The head of the queue, for an executor to hold ready; it stays counted as queued."""
@@ -182,10 +192,7 @@ class AdmissionQueue:
         if not self.leave(ticket):
             return
         if not ticket.answer.done():
-            ticket.answer.set_exception(Rejected(
-                "queue_timeout", f"Waited {waited_ms} ms for a scoring slot (maxQueueWaitMs or the request's own "
-                "deadline) without getting one.", self.retry_after(),
-            ))
+            ticket.answer.set_result(queue_timeout(waited_ms, self.retry_after()))
 
     def _release(self) -> None:
         assert self._start is not None

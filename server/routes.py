@@ -28,6 +28,7 @@ _SERVER_HEADERS = {
 }
 _TRUE, _FALSE = b"True", b"False"
 WATCH_AFTER = 0.01  # seconds in the queue after which the connection is watched for a departure
+DISCONNECTED = Rejected("client_disconnect", "The client disconnected while waiting for a scoring slot.", 0, 400)
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
 SCORE_METHODS = frozenset({"GET", "POST", "OPTIONS"})
@@ -115,14 +116,12 @@ class Routes:
             self.state.executor.submit(ticket, slot)
             result: RawResponse = await ticket.answer
         else:
-            try:
-                result = await self._queued(ticket, min(budget, self._queue_wait), receive)
-            except Rejected as rejected:
-                metrics.rejected(rejected.reason)
-                return json_error(503, rejected.message, [_retry_after(rejected.retry_after), *ids])
-            except ClientDisconnect:
-                metrics.rejected("client_disconnect")
-                return json_error(400, "The client disconnected while waiting for a scoring slot.", ids)
+            queued = await self._queued(ticket, min(budget, self._queue_wait), receive)
+            if isinstance(queued, Rejected):
+                metrics.rejected(queued.reason)
+                extra = [_retry_after(queued.retry_after)] if queued.status == 503 else []
+                return json_error(queued.status, queued.message, [*extra, *ids])
+            result = queued
         finished = loop.time()
         admission.record_hold(finished - ticket.started)
         queued = ticket.started - ticket.arrived
@@ -142,21 +141,21 @@ class Routes:
                              f"got {header.decode('latin-1')!r}.")
         return min(limit, int(header) / 1000.0)
 
-    async def _queued(self, ticket: Ticket, wait: float, receive: Receive) -> RawResponse:
+    async def _queued(self, ticket: Ticket, wait: float, receive: Receive) -> RawResponse | Rejected:
         """Wait in the queue, then for the answer. A request still queued after WATCH_AFTER seconds
         has its connection watched: a client that leaves is taken out of the queue, and run() is
-        never called for it. (Watching costs a task; most waits end well before WATCH_AFTER.)"""
+        never called for it. (A watcher costs a task; most waits end well before WATCH_AFTER. It
+        ends by itself once the response is sent, as receive() then reports a disconnect: it is
+        never cancelled, since a cancelled task keeps a reference cycle for the garbage collector.)"""
         admission = self.state.admission
-        admission.enqueue(ticket, wait)
-        watchers: list[asyncio.Task[None]] = []
-        watch = asyncio.get_running_loop().call_later(
-            WATCH_AFTER, lambda: watchers.append(asyncio.ensure_future(_left_queue(receive, admission, ticket))))
+        full = admission.enqueue(ticket, wait)
+        if full is not None:
+            return full
+        watch = asyncio.get_running_loop().call_later(WATCH_AFTER, _watch, receive, admission, ticket)
         try:
             return await ticket.answer
         finally:
             watch.cancel()
-            for watcher in watchers:
-                watcher.cancel()
             admission.leave(ticket)  # when this handler itself is cancelled while queued
 
     def _authorized(self, header: bytes) -> bool:
@@ -206,10 +205,15 @@ def _retry_after(seconds: int) -> tuple[bytes, bytes]:
     return (b"retry-after", str(seconds).encode())
 
 
+def _watch(receive: Receive, admission: AdmissionQueue, ticket: Ticket) -> None:
+    asyncio.ensure_future(_left_queue(receive, admission, ticket))
+
+
 async def _left_queue(receive: Receive, admission: AdmissionQueue, ticket: Ticket) -> None:
-    """Waits for the client to close the connection (the body has been read already); if the
-    request is still queued then, it leaves the queue and its handler gets ClientDisconnect."""
+    """Waits until the client closes the connection or the response has been sent (the body has
+    been read already, so receive() has nothing else to report); if the request is still queued
+    then, its client left: it leaves the queue, and its handler answers 400."""
     while (await receive())["type"] != "http.disconnect":
         pass
     if admission.leave(ticket) and not ticket.answer.done():
-        ticket.answer.set_exception(ClientDisconnect())
+        ticket.answer.set_result(DISCONNECTED)

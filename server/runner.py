@@ -4,6 +4,7 @@ warm-up run while health answers), shut down (what was accepted is finished with
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -201,6 +202,7 @@ class Server(uvicorn.Server):
             self.should_exit = True
             return
         use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
+        gc.freeze()  # see worker_main: what start-up made is left out of later full collections
         readiness = "ready" if state.ready else f"not ready: {state.not_ready_reason}"
         logger.info("serving %s on http://%s:%d (%s; executor %s)", state.settings.entry_script, host, port,
                     readiness, executor.name)

@@ -25,7 +25,7 @@ from typing import AsyncIterator
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import error_response
-from mlscore.server.admission import AdmissionQueue, Rejected, Slot, Ticket
+from mlscore.server.admission import AdmissionQueue, Slot, Ticket, queue_timeout
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
 from mlscore.server.worker import (
@@ -266,9 +266,7 @@ class ProcessExecutor:
         answer = call.ticket.answer
         if not answer.done():
             waited_ms = round((asyncio.get_running_loop().time() - call.ticket.arrived) * 1000)
-            answer.set_exception(Rejected(
-                "queue_timeout", f"Waited {waited_ms} ms for a scoring slot (maxQueueWaitMs or the request's own "
-                "deadline) without getting one.", self._admission.retry_after()))
+            answer.set_result(queue_timeout(waited_ms, self._admission.retry_after()))
 
     def _next(self, worker: Worker, slot: Slot) -> None:
         connection = worker.connection

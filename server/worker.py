@@ -15,6 +15,7 @@ SKIPPED frame when the request was cancelled or its start-by time passed before 
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -206,6 +207,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
     # the front finishes what was accepted. The front kills it (SIGKILL) once it is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # What start-up made (modules, the model) lives as long as the process: frozen, it is left out of
+    # every later full garbage collection, which would otherwise walk it all and pause scoring.
+    gc.freeze()
     sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up_error}))
     reader = RequestReader(sock)
     while not reader.closed:
