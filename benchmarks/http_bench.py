@@ -163,6 +163,13 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def variant(text: str) -> tuple[str, str]:
+    name, sep, flags = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=FLAGS, got {text!r}")
+    return f"mlscore {name.strip()}", flags
+
+
 def server_list(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = sorted(set(names) - set(SERVER_KINDS))
@@ -182,6 +189,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer-workers", type=int_list, default=[1, 2, 4],
                         help="WORKER_COUNT values for the peer, one server each (default 1,2,4)")
     parser.add_argument("--mlscore-args", default="", help='extra flags for "mlscore serve", one shell string')
+    parser.add_argument("--variant", type=variant, action="append",
+                        help='NAME=FLAGS: an mlscore server named NAME with these extra flags, repeatable, in '
+                             'place of the single "mlscore" (e.g. --variant "threads=--executor threads")')
     parser.add_argument("--wrk-threads", type=int, choices=(1, 2), default=1,
                         help="wrk -t (capped at the concurrency; default 1: the load generator shares the cores)")
     parser.add_argument("--warmup", type=float, default=1.0,
@@ -307,9 +317,9 @@ def build_specs(args: argparse.Namespace) -> list[ServerSpec]:
     entry, models = args.entry_script, args.model_dir
     specs: list[ServerSpec] = []
     if "mlscore" in args.servers:
-        port = free_port()
-        specs.append(ServerSpec("mlscore", "mlscore",
-                                mlscore_command(port, entry, models, shlex.split(args.mlscore_args)), port))
+        for name, extra in args.variant or [("mlscore", args.mlscore_args)]:
+            port = free_port()
+            specs.append(ServerSpec(name, "mlscore", mlscore_command(port, entry, models, shlex.split(extra)), port))
     if "floor" in args.servers:
         port = free_port()
         specs.append(ServerSpec("floor", "floor", floor_command(port, entry, models), port,
@@ -502,7 +512,7 @@ def measure(wrk: str, servers: list[Server], args: argparse.Namespace) -> list[R
                     cell = parse_wrk(output)
                     rows[(server.spec.name, concurrency)].cells.append(cell)
                     done += 1
-                    print(f"[{done}/{total}] c={concurrency:<3} {server.spec.name:<10} "
+                    print(f"[{done}/{total}] c={concurrency:<3} {server.spec.name:<18} "
                           f"{cell.rps:9.0f} req/s  p50 {cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms  "
                           f"non-2xx {cell.non2xx}  socket errors {cell.socket_errors}", flush=True)
     return list(rows.values())
@@ -539,15 +549,19 @@ def ratio_lines(rows: list[Row]) -> list[str]:
     if any(peer for _, peer in best):
         lines.append("peer's best worker count: " + ", ".join(
             f"c={c}: {peer.server.removeprefix('peer ')}" for c, peer in best if peer))
-    for concurrency in sorted({r.concurrency for r in rows}):
-        mlscore = by_key.get(("mlscore", concurrency))
-        peer = best_peer(rows, concurrency)
-        if mlscore and peer and concurrency in (8, 64):
-            lines.append(f"mlscore / peer(best: {peer.server}) at c={concurrency}: {mlscore.rps / peer.rps:.2f}x")
-    for concurrency in sorted({r.concurrency for r in rows}):
-        mlscore, floor = by_key.get(("mlscore", concurrency)), by_key.get(("floor", concurrency))
-        if mlscore and floor:
-            lines.append(f"mlscore / floor at c={concurrency}: {mlscore.rps / floor.rps:.2f}x")
+    variants = sorted({r.server for r in rows if r.kind == "mlscore"})
+    for name in variants:
+        for concurrency in sorted({r.concurrency for r in rows}):
+            mlscore = by_key.get((name, concurrency))
+            peer = best_peer(rows, concurrency)
+            if mlscore and peer and concurrency in (8, 64):
+                lines.append(f"{name} / peer(best: {peer.server}) at c={concurrency}: {mlscore.rps / peer.rps:.2f}x")
+    for name in variants:
+        for concurrency in sorted({r.concurrency for r in rows}):
+            mlscore, floor = by_key.get((name, concurrency)), by_key.get(("floor", concurrency))
+            if mlscore and floor:
+                lines.append(f"{name} / floor at c={concurrency}: {mlscore.rps / floor.rps:.2f}x req/s, "
+                             f"{mlscore.p99_ms / floor.p99_ms:.2f}x p99")
     for concurrency in sorted({r.concurrency for r in rows}):
         floor, peer = by_key.get(("floor", concurrency)), best_peer(rows, concurrency)
         if floor and peer:

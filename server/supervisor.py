@@ -67,6 +67,7 @@ class WorkerConnection(asyncio.Protocol):
         self._worker = worker
         self._buffer = FrameBuffer()
         self.calls: deque[Call] = deque()
+        self._outgoing: list[bytes] = []  # frames of held requests, written together
         self._transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,12 +103,27 @@ class WorkerConnection(asyncio.Protocol):
         self._executor._lost(self._worker)
 
     def send(self, frame: bytes, call: Call) -> None:
+        """Write now when the worker may be waiting for it; a request held ready behind others
+        waits for the end of this turn of the event loop, to go out with the others in one write."""
         assert self._transport is not None
         self.calls.append(call)
-        self._transport.write(frame)
+        if len(self.calls) == 1:
+            self._flush()
+            self._transport.write(frame)
+        elif self._outgoing:
+            self._outgoing.append(frame)
+        else:
+            self._outgoing = [frame]
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._outgoing and self._transport is not None:
+            self._transport.write(b"".join(self._outgoing))
+        self._outgoing = []
 
     def cancel(self, call: Call) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            self._flush()
             self._transport.write(cancel_frame(call.sequence))
 
     def close(self) -> None:
