@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 from mlscore.scoring.azureml_compat.aml_request import BadRequestBody
 from mlscore.scoring.azureml_compat.aml_response import AMLResponse
@@ -25,6 +25,12 @@ def error_response(status: int, message: str, run_failed: bool = False) -> RawRe
     return RawResponse(status, list(JSON), encode_json({"message": message}), run_failed=run_failed)
 
 
+class Scorer(Protocol):
+    """What an executor needs of a pipeline: an entry script's (below) or a model's (onnx_model.py)."""
+
+    def handle(self, request: RawRequest) -> RawResponse: ...
+
+
 class ScoringPipeline:
     """Scores requests for one loaded entry script."""
 
@@ -33,6 +39,9 @@ class ScoringPipeline:
         self.run = script.run
         self.mode: InputMode = detect_input_mode(script.path, script.run)
         self._call = self.mode.target
+
+    def call_init(self) -> None:
+        self.script.call_init()
 
     def handle(self, request: RawRequest) -> RawResponse:
         if request.method == "OPTIONS" and not isinstance(self.mode, RawHttpMode):

@@ -81,9 +81,28 @@ class SwaggerDocuments:
             service_input = {"description": "Any body: run() receives it as a string."}
             service_output = {"description": "Whatever run() returns, as JSON."}
             script_versions = set(_USER_FILES)
+        return cls.from_schemas(service_input, service_output, versions=script_versions, query=decorated,
+                                app_root=app_root, service_name=service_name, service_version=service_version,
+                                path_prefix=path_prefix)
+
+    @classmethod
+    def from_schemas(
+        cls,
+        service_input: Schema,
+        service_output: Schema,
+        *,
+        versions: set[str] | None = None,
+        query: bool = False,
+        app_root: Path | None,
+        service_name: str = "ML service",
+        service_version: str = "1.0",
+        path_prefix: str = "",
+    ) -> SwaggerDocuments:
+        """Documents for a service whose body and answer have these JSON schemas, in `versions`
+        (default all); `query`: GET /score takes the input's properties as query values."""
         info = {
             "title": service_name,
-            "description": f"Scores requests with the entry script of {service_name}.",
+            "description": f"Scores requests with {service_name}.",
             "version": service_version,
         }
         prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
@@ -92,8 +111,8 @@ class SwaggerDocuments:
             user_document = _read_user_document(app_root, file_names)
             if user_document is not None:
                 documents[version] = user_document
-            elif version in script_versions:
-                document = _document(version, info, prefix, service_input, service_output, decorated)
+            elif versions is None or version in versions:
+                document = _document(version, info, prefix, service_input, service_output, query)
                 documents[version] = _encode(document)
         return cls(documents)
 

@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
-from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception
+from mlscore.scoring.onnx_model import OnnxPipeline
+from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception, v2_error_body
 from mlscore.server.metrics import Metrics
 from mlscore.server.routes import Routes
 from mlscore.server.settings import Settings
@@ -55,6 +56,7 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False  # init() and the warm-up passed
     not_ready_reason: str = "starting"
+    model: OnnxPipeline | None = None  # the model served without a script (--model), for the V2 routes
 
 
 def create_app(state: ServerState) -> ASGIApp:
@@ -68,6 +70,13 @@ def create_app(state: ServerState) -> ASGIApp:
         Route("/v2/health/ready", routes.ready, methods=health),
         Route("/swagger.json", routes.swagger, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
+        Route("/v2", routes.v2_server, methods=health),
+        Route("/v2/models/{name}", routes.v2_model, methods=health),
+        Route("/v2/models/{name}/versions/{version}", routes.v2_model, methods=health),
+        Route("/v2/models/{name}/ready", routes.v2_model_ready, methods=health),
+        Route("/v2/models/{name}/versions/{version}/ready", routes.v2_model_ready, methods=health),
+        Route("/v2/models/{name}/infer", routes.v2_unknown_model, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", routes.v2_unknown_model, methods=["POST"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,11 +85,12 @@ def create_app(state: ServerState) -> ASGIApp:
         await state.executor.close()
 
     state.metrics.watch(state)
+    infer_path = state.model.infer_path if state.model is not None else None
     app: ASGIApp = ScoreFirst(routes, state.metrics, Starlette(
         routes=table,
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,
-    ))
+    ), infer_path)
     if state.settings.cors_origins:
         app = CORSMiddleware(
             app,
@@ -95,32 +105,36 @@ def create_app(state: ServerState) -> ASGIApp:
 class ScoreFirst:
     """Answers /score itself and hands every other request to the Starlette app, counting both."""
 
-    def __init__(self, routes: Routes, metrics: Metrics, other: ASGIApp) -> None:
+    def __init__(self, routes: Routes, metrics: Metrics, other: ASGIApp, infer_path: str | None) -> None:
         self._routes = routes
         self._metrics = metrics
         self._other = other
+        self._infer_path = infer_path  # POST /v2/models/NAME/infer when a model is served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._other(scope, receive, send)
             return
-        if scope["path"] != "/score":
-            await self._other(scope, receive, self._counting(scope["path"], send))
+        route = scope["path"]
+        if route != "/score" and route != self._infer_path:
+            await self._other(scope, receive, self._counting(route, send))
             return
         try:
-            response = await self._routes.score(scope, receive)
+            response = await self._routes.score(scope, receive, route)
         except asyncio.CancelledError:
             # The graceful shutdown's grace period ran out with this request still open: it gets a
             # JSON 503, and the task ends quietly (the cancellation has done its work).
-            self._metrics.request("/score", 503)
+            self._metrics.request(route, 503)
             with contextlib.suppress(Exception):
                 await json_error(503, "The server stopped before this request was answered (its shutdown grace "
                                  "period ran out).", [(b"retry-after", b"1")])(scope, receive, send)
             return
         except Exception:
-            logger.exception("unhandled error answering %s /score", scope["method"])
+            logger.exception("unhandled error answering %s %s", scope["method"], route)
             response = json_error(500, INTERNAL_ERROR)
-        self._metrics.request("/score", response.status_code)
+        self._metrics.request(route, response.status_code)
+        if route == self._infer_path and response.status_code >= 400:
+            response = v2_error_body(response)
         await response(scope, receive, send)
 
     def _counting(self, path: str, send: Send) -> Send:
@@ -135,4 +149,4 @@ class ScoreFirst:
 
 
 KNOWN_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",
-                          "/swagger.json", "/metrics"})
+                          "/swagger.json", "/metrics", "/v2"})

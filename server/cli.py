@@ -19,11 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Serve an entry script's run() on /score.")
     serve.add_argument("--entry-script", dest="entry_script", help="the script with init() and run() "
                        "(env AZUREML_ENTRY_SCRIPT; relative paths are taken against --app-root)")
+    serve.add_argument("--model", help="an ONNX model to serve without an entry script: /score and the "
+                       "KServe V2 routes take its inputs by name (env MLSCORE_MODEL)")
+    serve.add_argument("--model-name", dest="model_name", help="the model's name in /v2/models/NAME (default: "
+                       "the file's stem)")
     serve.add_argument("--model-dir", dest="model_dir", help="the model folder (env AZUREML_MODEL_DIR)")
     serve.add_argument("--app-root", dest="app_root", help="the app folder (env AML_APP_ROOT; default: cwd)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", help="port to listen on (default 5001)")
     serve.add_argument("--config", type=Path, help="JSON file whose keys are the environment variables' names")
+    serve.add_argument("--inference-config", dest="inference_config", type=Path,
+                       help="inference-config JSON (entryScript, sourceDirectory, enableGpu)")
     serve.add_argument("--deploy-config", dest="deploy_config", type=Path,
                        help="deployment-config JSON (maxConcurrentRequestsPerContainer, maxQueueWaitMs, scoringTimeoutMs)")
     serve.add_argument("--log-level", dest="log_level", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
@@ -40,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--executor", help=f"one of {', '.join(EXECUTORS)} (default processes; inline: run() "
                            "on the event loop, fastest for sub-millisecond run()s, no scoring timeout)")
     admission.add_argument("--workers", help="scoring processes (env WORKER_COUNT; default: the concurrency limit)")
+    devices = serve.add_argument_group("devices")
+    devices.add_argument("--device", help="where accelerators.load() runs models: auto (the GPU when a CUDA "
+                         "provider works, else the CPU), cpu, gpu or opencl (env MLSCORE_DEVICE; the inference "
+                         "config's enableGpu)")
+    devices.add_argument("--opencl-binary", dest="opencl_binary", help="a prebuilt OpenCL program binary for the "
+                         "opencl device (FPGA boards), in place of building it from source")
+    devices.add_argument("--cpu-threads", dest="cpu_threads", help="onnxruntime's threads per model on the CPU "
+                         "(default 0: its own choice)")
     security = serve.add_argument_group("security and limits")
     security.add_argument("--auth-key", dest="auth_key", action="append", default=[],
                           help="require 'Authorization: Bearer KEY' on /score (give once or twice)")
@@ -56,9 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from mlscore.server import runner  # imported here so `--version` and `--help` stay instant
 
-    cli = {key: value for key, value in vars(args).items() if key not in ("command", "config", "deploy_config")}
+    files = ("command", "config", "deploy_config", "inference_config")
+    cli = {key: value for key, value in vars(args).items() if key not in files}
     try:
-        settings = Settings.build(cli, config_file=args.config, deploy_config=args.deploy_config)
+        settings = Settings.build(cli, config_file=args.config, deploy_config=args.deploy_config,
+                                  inference_config=args.inference_config)
     except SettingsError as error:
         print(f"mlscore: error: {error}", file=sys.stderr)
         return runner.EXIT_BAD_SETTINGS

@@ -58,3 +58,18 @@ async def unhandled_exception(request: Request, error: Exception) -> Response:
     """A bug of ours: logged with its traceback, answered with a plain message."""
     logger.exception("unhandled error answering %s %s", request.method, request.url.path)
     return json_error(500, INTERNAL_ERROR)
+
+
+def v2_error_body(response: Response) -> Response:
+    """An error of the Open Inference Protocol's routes: their clients read `error` (tritonclient
+    fails on a body without it), ours read `message`; the body carries both."""
+    body = getattr(response, "body", b"")
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return response
+    if not isinstance(decoded, dict) or "error" in decoded or "message" not in decoded:
+        return response
+    headers = [(name, value) for name, value in response.raw_headers if name != b"content-length"]
+    return BytesResponse(response.status_code, headers,
+                         orjson.dumps({"error": decoded["message"], "message": decoded["message"]}))

@@ -13,7 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from mlscore.scoring.messages import RawResponse
-from mlscore.scoring.pipeline import ScoringPipeline, error_response
+from mlscore.scoring.pipeline import Scorer, error_response
 from mlscore.server.admission import Slot, Ticket
 from mlscore.server.errors import INTERNAL_ERROR
 
@@ -30,7 +30,7 @@ def timeout_response(timeout_ms: int) -> RawResponse:
 class ThreadExecutor:
     name = "threads"
 
-    def __init__(self, pipeline: ScoringPipeline, size: int, scoring_timeout_ms: int) -> None:
+    def __init__(self, pipeline: Scorer, size: int, scoring_timeout_ms: int) -> None:
         self._pipeline = pipeline
         self._size = size
         self._scoring_timeout = scoring_timeout_ms / 1000.0
@@ -80,7 +80,7 @@ class InlineExecutor:
     ready = True
     not_ready_reason = ""
 
-    def __init__(self, pipeline: ScoringPipeline) -> None:
+    def __init__(self, pipeline: Scorer) -> None:
         self._pipeline = pipeline
 
     async def start(self) -> None:

@@ -19,6 +19,8 @@ import uvicorn
 
 from mlscore.scoring.entry_script import EntryScriptError, load_entry_script, resolve_script_path
 from mlscore.scoring.model_path import MODEL_DIR_ENV
+from mlscore.accelerators import DEVICE_ENV, OPENCL_BINARY_ENV
+from mlscore.scoring.onnx_model import OnnxPipeline, signature_schema
 from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
@@ -33,6 +35,8 @@ EXIT_STARTUP_FAILED = 3  # Azure's scoring server exits 3 when the entry script 
 EXIT_BAD_SETTINGS = 2
 EXIT_PORT_UNAVAILABLE = 1
 STARTING = "init() and the warm-up run() have not finished yet"
+CPU_THREADS_ENV = "MLSCORE_CPU_THREADS"  # read by accelerators.onnx_runtime
+Pipeline = ScoringPipeline | OnnxPipeline
 T = TypeVar("T")
 
 
@@ -49,7 +53,7 @@ class Started:
 
     state: ServerState
     sock: socket.socket
-    pipeline: ScoringPipeline
+    pipeline: Pipeline
 
 
 def configure_logging(level: str) -> None:
@@ -83,10 +87,9 @@ def bind(host: str, port: int) -> socket.socket:
 def start(settings: Settings) -> Started:
     """Everything before listening: the port, the script imported, Swagger; raises StartupError or
     EntryScriptError. init() and the warm-up run once the server listens (see `Server`)."""
-    if settings.entry_script is None:
-        raise StartupError(
-            "no entry script: pass --entry-script PATH or set AZUREML_ENTRY_SCRIPT", EXIT_BAD_SETTINGS
-        )
+    if settings.entry_script is None and settings.model is None:
+        raise StartupError("nothing to serve: pass --entry-script PATH (or set AZUREML_ENTRY_SCRIPT), or "
+                           "--model MODEL.onnx", EXIT_BAD_SETTINGS)
     sock = bind(settings.host, settings.port)
     try:
         state, pipeline = prepare_state(settings)
@@ -106,26 +109,45 @@ def build_state(settings: Settings) -> ServerState:
     return state
 
 
-def prepare_state(settings: Settings) -> tuple[ServerState, ScoringPipeline]:
+def prepare_state(settings: Settings) -> tuple[ServerState, Pipeline]:
     """The script imported and Swagger built; the state's executor is a stand-in that is not ready,
     and the pipeline's init() has not run."""
     if settings.model_dir is not None:
         os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
+    export_device_settings(settings)
     pipeline = load_script(settings)
     try:
-        swagger = SwaggerDocuments.build(
-            pipeline.run, app_root=settings.app_root, service_name=settings.service_name,
-            service_version=settings.service_version, path_prefix=settings.path_prefix,
-        )
+        swagger = build_swagger(settings, pipeline)
     except ValueError as error:  # a user-supplied swagger file that is not JSON
         raise StartupError(str(error), EXIT_STARTUP_FAILED) from error
     admission = AdmissionQueue(settings.max_concurrent_requests, settings.max_queue_size, settings.max_queue_wait_ms)
     state = ServerState(settings=settings, admission=admission, executor=NotStarted(settings.executor),
-                        swagger=swagger, not_ready_reason=STARTING)
+                        swagger=swagger, not_ready_reason=STARTING,
+                        model=pipeline if isinstance(pipeline, OnnxPipeline) else None)
     return state, pipeline
 
 
-def launch_executor(state: ServerState, pipeline: ScoringPipeline) -> tuple[Executor, str]:
+def export_device_settings(settings: Settings) -> None:
+    """The device settings, where accelerators.load() reads them, in this process and the workers
+    it spawns: entry scripts call load() without naming a device."""
+    os.environ[DEVICE_ENV] = settings.device
+    if settings.opencl_binary is not None:
+        os.environ[OPENCL_BINARY_ENV] = str(settings.opencl_binary.resolve())
+    if settings.cpu_threads:
+        os.environ[CPU_THREADS_ENV] = str(settings.cpu_threads)
+
+
+def build_swagger(settings: Settings, pipeline: Pipeline) -> SwaggerDocuments:
+    names = {"app_root": settings.app_root, "service_name": settings.service_name,
+             "service_version": settings.service_version, "path_prefix": settings.path_prefix}
+    if isinstance(pipeline, OnnxPipeline):
+        return SwaggerDocuments.from_schemas(
+            signature_schema(pipeline.inputs, f"The inputs of model {pipeline.name}, by name."),
+            signature_schema(pipeline.outputs, f"The outputs of model {pipeline.name}, by name."), **names)
+    return SwaggerDocuments.build(pipeline.run, **names)
+
+
+def launch_executor(state: ServerState, pipeline: Pipeline) -> tuple[Executor, str]:
     """init() and the warm-up run where the executor scores (blocking): the executor, not started
     yet, and the warm-up's error ("" when it passed). Raises EntryScriptError when init() fails."""
     settings = state.settings
@@ -133,7 +155,7 @@ def launch_executor(state: ServerState, pipeline: ScoringPipeline) -> tuple[Exec
         workers = ProcessExecutor.launch(settings, state.admission)
         return workers, workers.warm_up_error
     logger.info("running init()")
-    pipeline.script.call_init()
+    pipeline.call_init()
     executor: ThreadExecutor | InlineExecutor = (
         ThreadExecutor(pipeline, settings.max_concurrent_requests, settings.scoring_timeout_ms)
         if settings.executor == "threads" else InlineExecutor(pipeline)
@@ -314,8 +336,14 @@ def _cannot_start(error: Exception) -> int:
     return EXIT_STARTUP_FAILED
 
 
-def load_script(settings: Settings) -> ScoringPipeline:
-    """The entry script imported and its input mode decided; init() not run yet."""
+def load_script(settings: Settings) -> Pipeline:
+    """The entry script imported and its input mode decided (or the model's signature read); init()
+    not run yet."""
+    if settings.model is not None:
+        assert settings.model_name is not None
+        model = OnnxPipeline(settings.model.resolve(), settings.model_name)
+        logger.info("model %s (%s) to be served as %r", settings.model, model.mode.name, model.name)
+        return model
     assert settings.entry_script is not None
     path = resolve_script_path(settings.entry_script, settings.app_root)
     source_directory = settings.source_directory
@@ -326,14 +354,14 @@ def load_script(settings: Settings) -> ScoringPipeline:
     return pipeline
 
 
-def load_pipeline(settings: Settings) -> ScoringPipeline:
+def load_pipeline(settings: Settings) -> Pipeline:
     """The entry script loaded and its init() run: what a scoring worker serves with."""
     pipeline = load_script(settings)
-    pipeline.script.call_init()
+    pipeline.call_init()
     return pipeline
 
 
-def warm_up(pipeline: ScoringPipeline) -> str:
+def warm_up(pipeline: Pipeline) -> str:
     """One run() with the input sample; the error as text, or "" when it passed (or has no sample)."""
     try:
         pipeline.warm_up()

@@ -1,8 +1,9 @@
 """All settings of a scoring server, gathered and validated once before anything starts.
 
 Sources, highest first: CLI flags, environment variables, the `--config` JSON file (keys are the
-environment variables' names, as Azure's `AZUREML_CONFIG_FILE`), the deployment-config JSON
-(Azure's field names), defaults. A bad value stops the start with one line naming the setting.
+environment variables' names, as Azure's `AZUREML_CONFIG_FILE`), the deployment-config JSON and
+the inference-config JSON (Azure's field names), defaults. A bad value stops the start with one
+line naming the setting.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 EXECUTORS = ("processes", "threads", "inline")
+DEVICES = ("auto", "cpu", "gpu", "opencl")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -32,6 +36,7 @@ class Setting:
     deploy_key: str | None
     parse: Callable[[str, Any], Any]
     default: Any = None
+    inference_key: str | None = None  # its field in the inference config
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
@@ -75,6 +80,12 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
     return parse
 
 
+def _device(label: str, value: Any) -> str:
+    if isinstance(value, bool):  # the inference config's enableGpu
+        return "gpu" if value else "cpu"
+    return _choice(DEVICES)(label, value)
+
+
 def _text(label: str, value: Any) -> str:
     return str(value)
 
@@ -100,10 +111,15 @@ def _origins(label: str, value: Any) -> tuple[str, ...]:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("entry_script", "entry_script", ("AZUREML_ENTRY_SCRIPT",), None, _path),
+    Setting("entry_script", "entry_script", ("AZUREML_ENTRY_SCRIPT",), None, _path, inference_key="entryScript"),
+    Setting("model", "model", ("MLSCORE_MODEL",), None, _path),
+    Setting("model_name", "model_name", ("MLSCORE_MODEL_NAME",), None, _text),
+    Setting("device", "device", ("MLSCORE_DEVICE",), None, _device, "auto", inference_key="enableGpu"),
+    Setting("opencl_binary", "opencl_binary", ("MLSCORE_OPENCL_BINARY",), None, _path),
+    Setting("cpu_threads", "cpu_threads", ("MLSCORE_CPU_THREADS",), None, _integer(0, 1024), 0),
     Setting("model_dir", "model_dir", ("AZUREML_MODEL_DIR",), None, _path),
     Setting("app_root", "app_root", ("AML_APP_ROOT",), None, _path),
-    Setting("source_directory", None, ("AZUREML_SOURCE_DIRECTORY",), None, _path),
+    Setting("source_directory", None, ("AZUREML_SOURCE_DIRECTORY",), None, _path, inference_key="sourceDirectory"),
     Setting("host", "host", ("MLSCORE_HOST",), None, _text, "127.0.0.1"),
     Setting("port", "port", ("MLSCORE_PORT",), "port", _integer(0, 65535), 5001),
     Setting("log_level", "log_level", ("MLSCORE_LOG_LEVEL", "AZUREML_LOG_LEVEL"), None, _choice(LOG_LEVELS), "info"),
@@ -131,6 +147,11 @@ class Settings:
     """The effective settings; built by `Settings.build`, whose SETTINGS table holds the defaults."""
 
     entry_script: Path | None
+    model: Path | None  # an ONNX model served without a script
+    model_name: str | None
+    device: str
+    opencl_binary: Path | None
+    cpu_threads: int  # onnxruntime's threads per session; 0: its default
     model_dir: Path | None
     app_root: Path
     source_directory: Path | None
@@ -159,6 +180,7 @@ class Settings:
         environ: Mapping[str, str] | None = None,
         config_file: Path | None = None,
         deploy_config: Path | None = None,
+        inference_config: Path | None = None,
     ) -> "Settings":
         """The settings from every source; raises SettingsError on the first unusable value."""
         cli = {key: value for key, value in (cli or {}).items() if value is not None and value != []}
@@ -166,10 +188,11 @@ class Settings:
         config_path = config_file or (Path(environ["AZUREML_CONFIG_FILE"]) if environ.get("AZUREML_CONFIG_FILE") else None)
         config = _read_json(config_path, "--config") if config_path else {}
         deploy = _read_json(deploy_config, "--deploy-config") if deploy_config else {}
+        inference = _read_json(inference_config, "--inference-config") if inference_config else {}
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for setting in SETTINGS:
-            found = _lookup(setting, cli, environ, config, deploy)
+            found = _lookup(setting, cli, environ, config, deploy, inference)
             if found is None:
                 values[setting.name] = setting.default
                 sources[setting.name] = "default"
@@ -177,6 +200,15 @@ class Settings:
             label, raw = found
             values[setting.name] = setting.parse(label, raw)
             sources[setting.name] = label
+        if values["model"] is not None and values["entry_script"] is not None:
+            raise SettingsError(f"{sources['model']} and {sources['entry_script']}: serve an entry script or a "
+                                "model, not both")
+        if values["model_name"] is None and values["model"] is not None:
+            values["model_name"] = values["model"].stem
+        if values["model_name"] is not None and not MODEL_NAME.fullmatch(values["model_name"]):
+            raise SettingsError(f"{sources['model_name'] if sources['model_name'] != 'default' else 'the model name'}"
+                                f"={values['model_name']!r}: use letters, digits, '.', '_' and '-' (it is part of "
+                                "the /v2/models/NAME routes); --model-name sets it")
         if values["workers"] is None:
             values["workers"] = values["max_concurrent_requests"]
         if values["app_root"] is None:
@@ -193,6 +225,7 @@ class Settings:
 def _lookup(
     setting: Setting, cli: Mapping[str, Any], environ: Mapping[str, str], config: Mapping[str, Any],
     deploy: Mapping[str, Any],
+    inference: Mapping[str, Any],
 ) -> tuple[str, Any] | None:
     """(label naming the source, raw value) of the highest source that sets this setting."""
     if setting.flag and setting.flag in cli:
@@ -205,6 +238,8 @@ def _lookup(
             return f"{name} (config file)", config[name]
     if setting.deploy_key and setting.deploy_key in deploy:
         return f"{setting.deploy_key} (deployment config)", deploy[setting.deploy_key]
+    if setting.inference_key and setting.inference_key in inference:
+        return f"{setting.inference_key} (inference config)", inference[setting.inference_key]
     return None
 
 

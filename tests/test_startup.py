@@ -48,8 +48,8 @@ def test_entry_script_from_environment_relative_to_app_root(tmp_path):
 
 def test_no_entry_script_is_a_clear_error(tmp_path):
     result = run_server_to_exit(tmp_path)
-    assert result.returncode != 0
-    assert "no entry script" in result.stderr
+    assert result.returncode == 2
+    assert "nothing to serve: pass --entry-script PATH" in result.stderr and "--model" in result.stderr
 
 
 @pytest.mark.parametrize(
