@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", dest="log_level", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
     serve.add_argument("--graceful-timeout", dest="graceful_timeout",
                        help="seconds a stop (SIGTERM, SIGINT) waits for accepted requests to finish (default 30)")
+    commands.add_parser("devices", help="list the devices models can run on here (cpu, gpu, opencl)",
+                        description="List the devices accelerators.load() can use on this machine.")
     admission = serve.add_argument_group("admission")
     admission.add_argument("--max-concurrent-requests", dest="max_concurrent_requests",
                            help="requests in run() at once per replica (default 1)")
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--opencl-binary", dest="opencl_binary", help="a prebuilt OpenCL program binary for the "
                          "opencl device (FPGA boards), in place of building it from source")
     devices.add_argument("--cpu-threads", dest="cpu_threads", help="onnxruntime's threads per model on the CPU "
-                         "(default 0: its own choice)")
+                         "(default 0: the cores this process may use, divided among the scoring processes)")
     security = serve.add_argument_group("security and limits")
     security.add_argument("--auth-key", dest="auth_key", action="append", default=[],
                           help="require 'Authorization: Bearer KEY' on /score (give once or twice)")
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "devices":
+        return _list_devices()
     if args.command != "serve":
         parser.print_help()
         return 2
@@ -79,6 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mlscore: error: {error}", file=sys.stderr)
         return runner.EXIT_BAD_SETTINGS
     return runner.run(settings)
+
+
+def _list_devices() -> int:
+    from mlscore.accelerators import available_devices
+
+    for device in available_devices():
+        details = ", ".join(f"{key}: {value}" for key, value in device.details.items())
+        print(f"{device.kind:<7} {device.name}" + (f"  ({details})" if details else ""))
+    return 0
 
 
 if __name__ == "__main__":

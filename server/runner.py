@@ -20,6 +20,7 @@ import uvicorn
 from mlscore.scoring.entry_script import EntryScriptError, load_entry_script, resolve_script_path
 from mlscore.scoring.model_path import MODEL_DIR_ENV
 from mlscore.accelerators import DEVICE_ENV, OPENCL_BINARY_ENV
+from mlscore.accelerators.onnx_runtime import CPU_THREADS_ENV, default_threads
 from mlscore.scoring.onnx_model import OnnxPipeline, signature_schema
 from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
@@ -35,7 +36,6 @@ EXIT_STARTUP_FAILED = 3  # Azure's scoring server exits 3 when the entry script 
 EXIT_BAD_SETTINGS = 2
 EXIT_PORT_UNAVAILABLE = 1
 STARTING = "init() and the warm-up run() have not finished yet"
-CPU_THREADS_ENV = "MLSCORE_CPU_THREADS"  # read by accelerators.onnx_runtime
 Pipeline = ScoringPipeline | OnnxPipeline
 T = TypeVar("T")
 
@@ -130,11 +130,16 @@ def prepare_state(settings: Settings) -> tuple[ServerState, Pipeline]:
 def export_device_settings(settings: Settings) -> None:
     """The device settings, where accelerators.load() reads them, in this process and the workers
     it spawns: entry scripts call load() without naming a device."""
-    os.environ[DEVICE_ENV] = settings.device
+    if settings.device != "auto" or DEVICE_ENV in os.environ:
+        os.environ[DEVICE_ENV] = settings.device
     if settings.opencl_binary is not None:
         os.environ[OPENCL_BINARY_ENV] = str(settings.opencl_binary.resolve())
-    if settings.cpu_threads:
-        os.environ[CPU_THREADS_ENV] = str(settings.cpu_threads)
+    threads = settings.cpu_threads
+    if not threads and settings.executor == "processes" and settings.workers > 1:
+        # Each worker has its own session: together they should not ask for more cores than there are.
+        threads = max(1, default_threads() // settings.workers)
+    if threads:
+        os.environ[CPU_THREADS_ENV] = str(threads)
 
 
 def build_swagger(settings: Settings, pipeline: Pipeline) -> SwaggerDocuments:
