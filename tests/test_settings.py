@@ -74,3 +74,27 @@ def test_unreadable_config_file_is_named(tmp_path):
         Settings.build({}, environ={}, config_file=broken)
     with pytest.raises(SettingsError, match="file not found"):
         Settings.build({}, environ={}, config_file=tmp_path / "missing.json")
+
+
+def test_device_from_flag_environment_or_the_inference_configs_enable_gpu(tmp_path):
+    assert Settings.build({}, environ={}).device == "auto"
+    inference = tmp_path / "inferenceconfig.json"
+    inference.write_text(json.dumps({"entryScript": "score.py", "sourceDirectory": "src", "enableGpu": True}))
+    from_file = Settings.build({}, environ={}, inference_config=inference)
+    assert from_file.device == "gpu" and from_file.sources["device"] == "enableGpu (inference config)"
+    assert str(from_file.entry_script) == "score.py" and str(from_file.source_directory) == "src"
+    inference.write_text(json.dumps({"enableGpu": False}))
+    assert Settings.build({}, environ={}, inference_config=inference).device == "cpu"
+    assert Settings.build({}, environ={"MLSCORE_DEVICE": "OpenCL"}, inference_config=inference).device == "opencl"
+    assert Settings.build({"device": "cpu"}, environ={"MLSCORE_DEVICE": "gpu"}).device == "cpu"
+    with pytest.raises(SettingsError, match="--device='tpu': must be one of auto, cpu, gpu, opencl"):
+        Settings.build({"device": "tpu"}, environ={})
+
+
+def test_model_name_defaults_to_the_files_stem_and_excludes_a_script():
+    settings = Settings.build({"model": "models/digits_mlp.onnx"}, environ={})
+    assert settings.model_name == "digits_mlp" and settings.entry_script is None
+    with pytest.raises(SettingsError, match="serve an entry script or a model, not both"):
+        Settings.build({"model": "m.onnx", "entry_script": "score.py"}, environ={})
+    with pytest.raises(SettingsError, match="--model-name='a b'"):
+        Settings.build({"model": "m.onnx", "model_name": "a b"}, environ={})
