@@ -21,11 +21,12 @@ from mlscore.accelerators.base import (
 
 DEVICE_ENV = "MLSCORE_DEVICE"
 OPENCL_BINARY_ENV = "MLSCORE_OPENCL_BINARY"  # the --opencl-binary setting
+OPENCL_DEVICE_ENV = "MLSCORE_OPENCL_DEVICE"  # the --opencl-device setting
 
 __all__ = [
     "AcceleratorError", "DeviceInfo", "DeviceUnavailable", "InvalidInput", "Session", "TensorInfo",
     "UnsupportedModel", "available_devices", "check_inputs", "load", "read_signature", "DEVICE_ENV",
-    "OPENCL_BINARY_ENV",
+    "OPENCL_BINARY_ENV", "OPENCL_DEVICE_ENV",
 ]
 
 
@@ -51,7 +52,8 @@ def load(model_path: str | os.PathLike[str], device: str | None = None, **option
     if wanted == "auto":
         wanted = "gpu" if onnx_runtime.gpu_works() else "cpu"
     if wanted == "opencl":
-        if os.environ.get(OPENCL_BINARY_ENV) and "opencl_binary" not in options:
-            options["opencl_binary"] = os.environ[OPENCL_BINARY_ENV]
+        for option, variable in (("opencl_binary", OPENCL_BINARY_ENV), ("opencl_device", OPENCL_DEVICE_ENV)):
+            if os.environ.get(variable) and option not in options:
+                options[option] = os.environ[variable]
         return opencl.load(path, **options)
     return onnx_runtime.load(path, wanted, **options)

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "config's enableGpu)")
     devices.add_argument("--opencl-binary", dest="opencl_binary", help="a prebuilt OpenCL program binary for the "
                          "opencl device (FPGA boards), in place of building it from source")
+    devices.add_argument("--opencl-device", dest="opencl_device", help="which OpenCL device, by index or name "
+                         "substring (default: the first GPU or accelerator, else the first device)")
     devices.add_argument("--cpu-threads", dest="cpu_threads", help="onnxruntime's threads per model on the CPU "
                          "(default 0: the cores this process may use, divided among the scoring processes)")
     security = serve.add_argument_group("security and limits")

@@ -19,7 +19,7 @@ import uvicorn
 
 from mlscore.scoring.entry_script import EntryScriptError, load_entry_script, resolve_script_path
 from mlscore.scoring.model_path import MODEL_DIR_ENV
-from mlscore.accelerators import DEVICE_ENV, OPENCL_BINARY_ENV
+from mlscore.accelerators import DEVICE_ENV, OPENCL_BINARY_ENV, OPENCL_DEVICE_ENV
 from mlscore.accelerators.onnx_runtime import CPU_THREADS_ENV, default_threads
 from mlscore.scoring.onnx_model import OnnxPipeline, signature_schema
 from mlscore.scoring.pipeline import ScoringPipeline
@@ -134,6 +134,8 @@ def export_device_settings(settings: Settings) -> None:
         os.environ[DEVICE_ENV] = settings.device
     if settings.opencl_binary is not None:
         os.environ[OPENCL_BINARY_ENV] = str(settings.opencl_binary.resolve())
+    if settings.opencl_device is not None:
+        os.environ[OPENCL_DEVICE_ENV] = settings.opencl_device
     threads = settings.cpu_threads
     if not threads and settings.executor == "processes" and settings.workers > 1:
         # Each worker has its own session: together they should not ask for more cores than there are.

@@ -116,6 +116,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_name", "model_name", ("MLSCORE_MODEL_NAME",), None, _text),
     Setting("device", "device", ("MLSCORE_DEVICE",), None, _device, "auto", inference_key="enableGpu"),
     Setting("opencl_binary", "opencl_binary", ("MLSCORE_OPENCL_BINARY",), None, _path),
+    Setting("opencl_device", "opencl_device", ("MLSCORE_OPENCL_DEVICE",), None, _text),
     Setting("cpu_threads", "cpu_threads", ("MLSCORE_CPU_THREADS",), None, _integer(0, 1024), 0),
     Setting("model_dir", "model_dir", ("AZUREML_MODEL_DIR",), None, _path),
     Setting("app_root", "app_root", ("AML_APP_ROOT",), None, _path),
@@ -151,6 +152,7 @@ class Settings:
     model_name: str | None
     device: str
     opencl_binary: Path | None
+    opencl_device: str | None  # an index or a name substring, when there are several
     cpu_threads: int  # onnxruntime's threads per session; 0: its default
     model_dir: Path | None
     app_root: Path

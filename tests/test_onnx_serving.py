@@ -165,3 +165,30 @@ def test_model_name_setting_and_a_missing_device(tmp_path):
     assert missing.returncode == 3 and "gpu" in log and "available" in log and "cpu" in log
     bad_name = run_server_to_exit(tmp_path, "--model", str(model), "--model-name", "a/b")
     assert bad_name.returncode == 2 and "letters, digits" in bad_name.stderr
+
+
+def test_model_served_on_the_opencl_device(tmp_path):
+    from mlscore.accelerators import available_devices
+
+    if not any(device.kind == "opencl" for device in available_devices()):
+        pytest.skip("no OpenCL device here (pip install 'pyopencl[pocl]' gives a CPU one)")
+    from mlscore.accelerators.opencl import build_binary
+
+    model = build_mlp(tmp_path / "mlp.onnx")
+    binary = build_binary(tmp_path / "kernels.bin")  # as an FPGA toolchain would, offline
+    for flags in ([], ["--opencl-binary", str(binary)]):
+        server = start_server(tmp_path, "--model", str(model), "--device", "opencl", "--executor", "threads", *flags)
+        try:
+            batch = RNG.normal(size=(3, 4)).astype(np.float32)
+            response = httpx.post(server.url + "/score", json={"input": batch.tolist()})
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(np.array(response.json()["probabilities"]),
+                                       reference(batch)["probabilities"], rtol=1e-4, atol=1e-6)
+            assert "loaded on opencl" in server.log()
+        finally:
+            server.stop()
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"not a program")
+    refused = run_server_to_exit(tmp_path, "--model", str(model), "--device", "opencl", "--opencl-binary",
+                                 str(garbage), "--executor", "threads")
+    assert refused.returncode == 3 and "garbage.bin" in refused.stdout + refused.stderr

@@ -1,0 +1,82 @@
+"""The OpenCL backend: runs a float32 ONNX graph on any OpenCL device through pyopencl.
+
+    session = load(path, opencl_device="pthread", opencl_binary=None)
+    session.run({"x": batch})
+    session.save_binary("kernels.bin")         # this device's binary of the program, for opencl_binary=
+
+Operators (float32 only): Gemm, MatMul (numpy batching), Conv (2-D; strides, pads, dilations,
+auto_pad, groups including depthwise), MaxPool (2-D; ceil_mode too), GlobalAveragePool, Relu,
+Sigmoid, Tanh, Add, Sub, Mul, Div (numpy broadcasting), Softmax (any axis; opset < 13 semantics for
+older models), Flatten, Reshape (0 and -1; a constant shape), Identity, Constant. Anything else is
+refused at load, naming the operator.
+
+Options of `load()`:
+
+- `opencl_binary=PATH`: load this prebuilt program binary instead of building our OpenCL C source.
+  That is how FPGA boards run (their toolchains compile offline: feed them `kernel_source()`); on
+  GPUs and CPUs it skips the build. `build_binary()` or `session.save_binary()` writes one. A binary
+  for another device, or of other kernels, is refused with an error naming the file.
+- `opencl_device=INDEX or NAME`: an index into `devices()`, or a case-insensitive substring of
+  "platform device"; by default the first GPU or accelerator, else the first device.
+- `opencl_plan_cache=8`: how many input shapes (batch sizes, mostly) keep their buffers and bound
+  kernels; the least recently used beyond that are released.
+
+The program holds every kernel (ops.py lists the operators), is built once per device and shared
+by every session on it. Its work shapes (kernels.Tuning) suit the device's type: many work-items
+per matrix tile on GPUs and accelerators, one fat one on CPUs; a binary reports the shapes it was
+compiled with, and `build_binary(tuning=...)` picks others. Weights go to the device once at load.
+Each input shape gets a plan (shapes inferred, intermediate buffers shared between tensors whose
+lifetimes do not overlap, kernel arguments bound) that later runs of that shape replay. How runs
+from several threads share a session: see session.py. A CPU device for development and CI:
+`pip install 'pyopencl[pocl]'` (pocl keeps its compiled kernels in ~/.cache/pocl).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlscore.accelerators.base import AcceleratorError, DeviceInfo
+from mlscore.accelerators.opencl.device import all_devices, choose_device, describe
+from mlscore.accelerators.opencl.kernels import PARALLEL, SERIAL, Tuning, kernel_source
+
+__all__ = ["PARALLEL", "SERIAL", "Tuning", "build_binary", "devices", "kernel_source", "load"]
+
+_OPTIONS = ("opencl_binary", "opencl_device", "opencl_plan_cache")
+
+
+def devices() -> list[DeviceInfo]:
+    """One entry per OpenCL device pyopencl finds; none, rather than an error, when there is no
+    platform, no device, or no pyopencl."""
+    try:
+        return [describe(index, device) for index, device in enumerate(all_devices())]
+    except Exception:  # DeviceUnavailable, or a driver failing a query: listing devices must not fail
+        return []
+
+
+def load(path: str | Path, **options: Any) -> Any:
+    """A session (base.Session, plus `save_binary()`) for the ONNX model at `path`."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise AcceleratorError(f"unknown option {', '.join(unknown)} for the opencl device: use {', '.join(_OPTIONS)}")
+    plan_cache = options.get("opencl_plan_cache", 8)
+    if isinstance(plan_cache, bool) or not isinstance(plan_cache, int) or plan_cache < 1:
+        raise AcceleratorError(f"opencl_plan_cache must be an int >= 1, got {plan_cache!r}")
+    from mlscore.accelerators.opencl.program import built_program, loaded_program
+    from mlscore.accelerators.opencl.session import OpenCLSession
+
+    device = choose_device(options.get("opencl_device"))
+    binary = options.get("opencl_binary")
+    program = built_program(device) if binary is None else loaded_program(device, Path(binary))
+    return OpenCLSession(Path(path), program, plan_cache)
+
+
+def build_binary(out_path: str | Path, device: int | str | None = None, tuning: Tuning | None = None) -> Path:
+    """Build the program for `device` (as `opencl_device=` names it) and write its binary to
+    `out_path`. The program serves every model, so one binary per device is enough. `tuning`
+    overrides the work shapes that suit the device's type (kernels.PARALLEL or kernels.SERIAL)."""
+    from mlscore.accelerators.opencl.program import built_program
+
+    out = Path(out_path)
+    out.write_bytes(built_program(choose_device(device), tuning).binary())
+    return out

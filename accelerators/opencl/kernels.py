@@ -1,0 +1,270 @@
+"""The OpenCL C program every session runs: all kernels in one source, so that one build (or one
+prebuilt binary, which is how FPGA boards run) serves every model on a device."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The work shapes compiled into a program. A program reports its own (the `program_info`
+    kernel), so that a prebuilt binary runs with the shapes it was compiled with."""
+
+    tile: int  # side of the block of outputs one matrix-product work-group computes
+    work_per_item: int  # outputs per work-item along each side of that block (register blocking)
+    tile_k: int  # depth of the slices of both operands staged in local memory per step
+    reduce_group: int  # work-items that share one GlobalAveragePool channel
+
+    @property
+    def gemm_group(self) -> tuple[int, int, int]:
+        items = self.tile // self.work_per_item
+        return (items, items, 1)
+
+    def defines(self) -> str:
+        return (f"#define TILE {self.tile}\n#define WORK_PER_ITEM {self.work_per_item}\n"
+                f"#define TILE_K {self.tile_k}\n#define REDUCE_GROUP {self.reduce_group}\n")
+
+
+# GPUs (and FPGA pipelines) want many work-items: 8 x 8 per 32 x 32 block, 4 x 4 outputs each.
+PARALLEL = Tuning(tile=32, work_per_item=4, tile_k=16, reduce_group=64)
+# CPU runtimes run the work-items of a group as iterations of a loop, so one fat work-item per
+# block, with no reduction tree, beats many thin ones: the matrix products ran 3-5x faster on pocl.
+SERIAL = Tuning(tile=32, work_per_item=32, tile_k=32, reduce_group=1)
+
+# The unary and binary element-wise kernels, as `unary_<name>` / `binary_<name>`, with their
+# OpenCL C expressions over `v` (unary) or `u` and `v` (binary).
+UNARY = {"relu": "v > 0.0f ? v : 0.0f", "sigmoid": "1.0f / (1.0f + exp(-v))", "tanh": "tanh(v)"}
+BINARY = {"add": "u + v", "sub": "u - v", "mul": "u * v", "div": "u / v"}
+
+_BODY = r"""
+#define ITEMS (TILE / WORK_PER_ITEM)
+#define TILE_PAD (TILE + 1)
+
+/* Stages rows [row0, row0 + TILE) and depths [k0, k0 + TILE_K) of a strided matrix in local memory
+   as tile[k * TILE_PAD + row], zero outside the matrix. Consecutive work-items read consecutive
+   addresses along whichever dimension is contiguous, so a transposed operand loads as fast as a
+   plain one; the padded row keeps those writes off a single local-memory bank. */
+void stage_tile(__local float *tile, __global const float *matrix, const int rows, const int depth,
+                const int row_stride, const int k_stride, const int row0, const int k0)
+{
+    const int first = get_local_id(1) * ITEMS + get_local_id(0);
+    const bool k_contiguous = k_stride == 1;
+    for (int i = first; i < TILE * TILE_K; i += ITEMS * ITEMS) {
+        const int r = k_contiguous ? i / TILE_K : i % TILE;
+        const int k = k_contiguous ? i % TILE_K : i / TILE;
+        const int row = row0 + r, kk = k0 + k;
+        tile[k * TILE_PAD + r] = (row < rows && kk < depth) ? matrix[row * row_stride + kk * k_stride] : 0.0f;
+    }
+}
+
+/* Y = alpha * A.B + beta * C for a batch of M x K by K x N products. Every operand is addressed by
+   strides, so transposes, broadcast bias rows or columns, grouped convolutions and batched MatMul
+   are all this one kernel. The batch index splits into (outer, inner) = (z / inner, z % inner),
+   each with its own stride per operand. A work-group computes a TILE x TILE block of Y, each
+   work-item WORK_PER_ITEM x WORK_PER_ITEM outputs of it, from TILE_K-deep slices in local memory.
+   Y is dense: row stride N. */
+__kernel __attribute__((reqd_work_group_size(ITEMS, ITEMS, 1)))
+void gemm(const int M, const int N, const int K, const float alpha, const float beta, const int inner,
+          __global const float *A, const int a_offset, const int a_m, const int a_k,
+          const int a_outer, const int a_inner,
+          __global const float *B, const int b_offset, const int b_k, const int b_n,
+          const int b_outer, const int b_inner,
+          __global const float *C, const int c_offset, const int c_m, const int c_n,
+          const int c_outer, const int c_inner,
+          __global float *Y, const int y_offset, const int y_outer, const int y_inner)
+{
+    __local float a_tile[TILE_K * TILE_PAD];
+    __local float b_tile[TILE_K * TILE_PAD];
+    const int outer_index = get_global_id(2) / inner, inner_index = get_global_id(2) % inner;
+    A += a_offset + outer_index * a_outer + inner_index * a_inner;
+    B += b_offset + outer_index * b_outer + inner_index * b_inner;
+    C += c_offset + outer_index * c_outer + inner_index * c_inner;
+    Y += y_offset + outer_index * y_outer + inner_index * y_inner;
+    const int tx = get_local_id(0), ty = get_local_id(1);
+    const int row0 = get_group_id(1) * TILE, col0 = get_group_id(0) * TILE;
+
+    float acc[WORK_PER_ITEM][WORK_PER_ITEM];
+    for (int i = 0; i < WORK_PER_ITEM; ++i)
+        for (int j = 0; j < WORK_PER_ITEM; ++j)
+            acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < K; k0 += TILE_K) {
+        stage_tile(a_tile, A, M, K, a_m, a_k, row0, k0);
+        stage_tile(b_tile, B, N, K, b_n, b_k, col0, k0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int k = 0; k < TILE_K; ++k) {
+            float b[WORK_PER_ITEM];
+            for (int j = 0; j < WORK_PER_ITEM; ++j)
+                b[j] = b_tile[k * TILE_PAD + tx + j * ITEMS];
+            for (int i = 0; i < WORK_PER_ITEM; ++i) {
+                const float a = a_tile[k * TILE_PAD + ty + i * ITEMS];
+                for (int j = 0; j < WORK_PER_ITEM; ++j)
+                    acc[i][j] += a * b[j];
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+
+    for (int i = 0; i < WORK_PER_ITEM; ++i) {
+        const int row = row0 + ty + i * ITEMS;
+        for (int j = 0; j < WORK_PER_ITEM; ++j) {
+            const int col = col0 + tx + j * ITEMS;
+            if (row >= M || col >= N)
+                continue;
+            float value = alpha * acc[i][j];
+            if (beta != 0.0f)
+                value += beta * C[row * c_m + col * c_n];
+            Y[row * N + col] = value;
+        }
+    }
+}
+
+/* Unfolds convolution windows so that a convolution is one matrix product per image:
+   cols[n][(c * KH + i) * KW + j][oh * OW + ow] = x[n][c][oh * SH - PH + i * DH][ow * SW - PW + j * DW],
+   zero where the window hangs over the padding. Global size (OH * OW, C * KH * KW, N). */
+__kernel void im2col(__global const float *x, __global float *cols, const int channels, const int height,
+                     const int width, const int kernel_h, const int kernel_w, const int out_h, const int out_w,
+                     const int stride_h, const int stride_w, const int pad_h, const int pad_w,
+                     const int dilation_h, const int dilation_w)
+{
+    const int p = get_global_id(0), row = get_global_id(1), n = get_global_id(2);
+    const int oh = p / out_w, ow = p % out_w;
+    const int j = row % kernel_w, i = (row / kernel_w) % kernel_h, c = row / (kernel_w * kernel_h);
+    const int ih = oh * stride_h - pad_h + i * dilation_h, iw = ow * stride_w - pad_w + j * dilation_w;
+    float value = 0.0f;
+    if (ih >= 0 && ih < height && iw >= 0 && iw < width)
+        value = x[((n * channels + c) * height + ih) * width + iw];
+    cols[(n * get_global_size(1) + row) * get_global_size(0) + p] = value;
+}
+
+/* 2-D max pooling, padding never chosen. Global size (OH * OW, N * C). */
+__kernel void max_pool(__global const float *x, __global float *y, const int height, const int width,
+                       const int kernel_h, const int kernel_w, const int out_h, const int out_w,
+                       const int stride_h, const int stride_w, const int pad_h, const int pad_w,
+                       const int dilation_h, const int dilation_w)
+{
+    const int p = get_global_id(0), plane = get_global_id(1);
+    const int oh = p / out_w, ow = p % out_w;
+    x += plane * height * width;
+    float best = -INFINITY;
+    for (int i = 0; i < kernel_h; ++i) {
+        const int ih = oh * stride_h - pad_h + i * dilation_h;
+        if (ih < 0 || ih >= height)
+            continue;
+        for (int j = 0; j < kernel_w; ++j) {
+            const int iw = ow * stride_w - pad_w + j * dilation_w;
+            if (iw >= 0 && iw < width)
+                best = fmax(best, x[ih * width + iw]);
+        }
+    }
+    y[plane * out_h * out_w + p] = best;
+}
+
+/* The mean of each row of `count` values: one work-group per row, a tree reduction in local memory. */
+__kernel __attribute__((reqd_work_group_size(REDUCE_GROUP, 1, 1)))
+void global_average_pool(__global const float *x, __global float *y, const int count)
+{
+    __local float partial[REDUCE_GROUP];
+    const int row = get_group_id(0), lane = get_local_id(0);
+    x += row * count;
+    float sum = 0.0f;
+    for (int i = lane; i < count; i += REDUCE_GROUP)
+        sum += x[i];
+    partial[lane] = sum;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int span = REDUCE_GROUP / 2; span > 0; span /= 2) {
+        if (lane < span)
+            partial[lane] += partial[lane + span];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lane == 0)
+        y[row] = partial[0] / count;
+}
+
+/* Softmax over the middle axis of an (outer, length, inner) view, one work-item per row; the
+   maximum is subtracted first so that exp never overflows. Global size outer * inner. */
+__kernel void softmax(__global const float *x, __global float *y, const int length, const int inner)
+{
+    const int row = get_global_id(0);
+    const int start = (row / inner) * length * inner + row % inner;
+    float top = -INFINITY;
+    for (int i = 0; i < length; ++i)
+        top = fmax(top, x[start + i * inner]);
+    float sum = 0.0f;
+    for (int i = 0; i < length; ++i)
+        sum += exp(x[start + i * inner] - top);
+    for (int i = 0; i < length; ++i)
+        y[start + i * inner] = exp(x[start + i * inner] - top) / sum;
+}
+
+/* Where output element `index` reads its two operands under numpy broadcasting. `layout` holds
+   the output dimensions, then each operand's strides (0 along a broadcast dimension). */
+void broadcast_offsets(int index, __global const int *layout, const int rank, int *a, int *b)
+{
+    *a = 0;
+    *b = 0;
+    for (int d = rank - 1; d >= 0; --d) {
+        const int position = index % layout[d];
+        index /= layout[d];
+        *a += position * layout[rank + d];
+        *b += position * layout[2 * rank + d];
+    }
+}
+
+ELEMENTWISE_KERNELS
+
+/* What the program is: which version of the kernels (a checksum of their source), and the work
+   shapes compiled into it. */
+__kernel void program_info(__global uint *info)
+{
+    info[0] = MLSCORE_ABI;
+    info[1] = TILE;
+    info[2] = WORK_PER_ITEM;
+    info[3] = TILE_K;
+    info[4] = REDUCE_GROUP;
+}
+"""
+
+
+_UNARY_KERNEL = """
+__kernel void unary_{name}(__global const float *x, __global float *y)
+{{
+    const int i = get_global_id(0);
+    const float v = x[i];
+    y[i] = {expression};
+}}
+"""
+
+_BINARY_KERNEL = """
+__kernel void binary_{name}(__global const float *a, __global const float *b, __global float *y,
+    __global const int *layout, const int rank)
+{{
+    int ia, ib;
+    broadcast_offsets(get_global_id(0), layout, rank, &ia, &ib);
+    const float u = a[ia], v = b[ib];
+    y[get_global_id(0)] = {expression};
+}}
+"""
+
+
+def _kernels() -> str:
+    elementwise = [*(_UNARY_KERNEL.format(name=name, expression=expression) for name, expression in UNARY.items()),
+                   *(_BINARY_KERNEL.format(name=name, expression=expression) for name, expression in BINARY.items())]
+    return _BODY.replace("ELEMENTWISE_KERNELS\n", "".join(elementwise))
+
+
+def abi_stamp() -> int:
+    """A checksum of the kernels' source, tuning aside: `program_info` reports the one it was built from."""
+    return zlib.crc32(_kernels().encode())
+
+
+def kernel_source(tuning: Tuning = PARALLEL) -> str:
+    """The complete OpenCL C source with its stamp and work shapes: what `build_binary()` compiles,
+    and what an FPGA toolchain compiles offline into the binary that `opencl_binary=` loads."""
+    return f"#define MLSCORE_ABI {abi_stamp()}u\n" + tuning.defines() + _kernels()
+
+
+KERNEL_NAMES = frozenset({"gemm", "im2col", "max_pool", "global_average_pool", "softmax", "program_info",
+                          *(f"unary_{name}" for name in UNARY), *(f"binary_{name}" for name in BINARY)})

@@ -1,0 +1,378 @@
+"""The OpenCL backend on whatever OpenCL device is here (pocl's CPU device in CI): results within
+1e-4 of onnxruntime for several batch sizes, clear errors at load and at run, the prebuilt-binary
+path, and buffers that are reused rather than reallocated."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mlscore.accelerators import AcceleratorError, DeviceUnavailable, InvalidInput, UnsupportedModel, opencl
+
+pytestmark = pytest.mark.skipif(not opencl.devices(), reason="no OpenCL device on this machine "
+                                "(pip install 'pyopencl[pocl]' gives a CPU one)")
+
+BATCHES = (1, 3, 17)  # 3 and 17 are not multiples of any tile size
+TOLERANCE = 1e-4
+rng = np.random.default_rng(7)
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+
+
+def weight(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def float_input(name: str, *shape: int | str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def save_model(folder: Path, name: str, nodes: list, inputs: list, outputs: list, initializers: list = (),
+               opset: int = 17) -> Path:
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx.checker.check_model(model)
+    path = folder / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def mlp(folder: Path) -> Path:
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["hidden"]),
+             helper.make_node("Relu", ["hidden"], ["active"]),
+             helper.make_node("Gemm", ["active", "w2", "b2"], ["logits"], transB=1, alpha=0.8, beta=0.5),
+             helper.make_node("Softmax", ["logits"], ["y"])]
+    return save_model(folder, "mlp", nodes, [float_input("x", "batch", 20)], [float_input("y", "batch", 10)],
+                      [weight("w1", 20, 70), weight("b1", 70), weight("w2", 10, 70), weight("b2", 1, 10)])
+
+
+def matmul_add(folder: Path) -> Path:
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["product"]), helper.make_node("Add", ["product", "b"], ["y"])]
+    return save_model(folder, "matmul_add", nodes, [float_input("x", "batch", 4, 33)],
+                      [float_input("y", "batch", 4, 40)], [weight("w", 33, 40), weight("b", 40)])
+
+
+def batched_matmul(folder: Path) -> Path:
+    """Both operands batched, the second broadcast along the first batch dimension."""
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
+    return save_model(folder, "batched_matmul", nodes, [float_input("a", "batch", 2, 5, 9), float_input("b", 2, 9, 7)],
+                      [float_input("y", "batch", 2, 5, 7)])
+
+
+def cnn(folder: Path) -> Path:
+    nodes = [helper.make_node("Conv", ["x", "k1", "c1"], ["conv1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv1"], ["relu1"]),
+             helper.make_node("MaxPool", ["relu1"], ["pool1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["pool1", "k2", "c2"], ["conv2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["conv2"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["y"])]
+    return save_model(folder, "cnn", nodes, [float_input("x", "batch", 3, 32, 32)], [float_input("y", "batch", 10)],
+                      [weight("k1", 16, 3, 3, 3), weight("c1", 16), weight("k2", 32, 16, 3, 3, scale=0.1),
+                       weight("c2", 32), weight("w", 32, 10), weight("b", 10)])
+
+
+def conv_variants(folder: Path) -> Path:
+    """Depthwise and grouped convolutions, dilation, SAME padding, a 1x1 convolution, ceil-mode pooling."""
+    nodes = [helper.make_node("Conv", ["x", "depthwise"], ["d"], group=4, auto_pad="SAME_UPPER", strides=[2, 1],
+                              kernel_shape=[3, 3]),
+             helper.make_node("Conv", ["d", "grouped", "bias"], ["g"], group=2, dilations=[2, 1], pads=[2, 1, 1, 1]),
+             helper.make_node("Conv", ["g", "pointwise"], ["p"]),
+             helper.make_node("MaxPool", ["p"], ["q"], kernel_shape=[2, 2], auto_pad="SAME_LOWER"),
+             helper.make_node("MaxPool", ["q"], ["y"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
+                              pads=[1, 0, 1, 1])]
+    return save_model(folder, "conv_variants", nodes, [float_input("x", "batch", 4, 19, 10)],
+                      [float_input("y", "batch", 5, None, None)],
+                      [weight("depthwise", 4, 1, 3, 3), weight("grouped", 6, 2, 3, 3), weight("bias", 6),
+                       weight("pointwise", 5, 6, 1, 1)])
+
+
+def elementwise(folder: Path) -> Path:
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("Tanh", ["x"], ["t"]),
+             helper.make_node("Mul", ["s", "scale"], ["scaled"]),  # [batch, 3, 4, 5] * [3, 1, 5]
+             helper.make_node("Sub", ["scaled", "t"], ["diff"]),
+             helper.make_node("Div", ["diff", "two"], ["halved"]),  # by a scalar
+             helper.make_node("Identity", ["halved"], ["same"]),
+             helper.make_node("Reshape", ["same", "shape"], ["rows"]),  # [batch, 12, -1] with 0 copying batch
+             helper.make_node("Softmax", ["rows"], ["y"], axis=1)]
+    initializers = [weight("scale", 3, 1, 5), numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+                    numpy_helper.from_array(np.array([0, 12, -1], np.int64), "shape")]
+    return save_model(folder, "elementwise", nodes, [float_input("x", "batch", 3, 4, 5)],
+                      [float_input("y", "batch", 12, 5)], initializers)
+
+
+MODELS: dict[str, Callable[[Path], Path]] = {"mlp": mlp, "matmul_add": matmul_add, "batched_matmul": batched_matmul,
+                                             "cnn": cnn, "conv_variants": conv_variants, "elementwise": elementwise}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("opencl_models")
+    return {name: build(folder) for name, build in MODELS.items()}
+
+
+def feeds(path: Path, batch: int) -> dict[str, np.ndarray]:
+    """Random inputs for the model at `path`, `batch` in place of every dynamic dimension."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {value.name: rng.standard_normal([d if isinstance(d, int) else batch for d in value.shape])
+            .astype(np.float32) for value in session.get_inputs()}
+
+
+def reference(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([out.name for out in session.get_outputs()], session.run(None, inputs)))
+
+
+def assert_matches_onnxruntime(path: Path, batch: int, **options) -> None:
+    inputs = feeds(path, batch)
+    got = opencl.load(path, **options).run(inputs)
+    for name, expected in reference(path, inputs).items():
+        assert got[name].shape == expected.shape
+        np.testing.assert_allclose(got[name], expected, rtol=0, atol=TOLERANCE, err_msg=f"{path.name}: {name}")
+
+
+# ---- results --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("batch", BATCHES)
+def test_outputs_match_onnxruntime_for_each_batch_size(models: dict[str, Path], model: str, batch: int) -> None:
+    assert_matches_onnxruntime(models[model], batch)
+
+
+def test_one_session_serves_batch_sizes_in_any_order(models: dict[str, Path]) -> None:
+    session = opencl.load(models["cnn"])
+    for batch in (17, 1, 3, 17):
+        inputs = feeds(models["cnn"], batch)
+        np.testing.assert_allclose(session.run(inputs)["y"], reference(models["cnn"], inputs)["y"], atol=TOLERANCE)
+
+
+def test_session_describes_its_signature_with_dynamic_dims(models: dict[str, Path]) -> None:
+    session = opencl.load(models["mlp"])
+    assert session.device == "opencl"
+    assert [(info.name, info.dtype, info.shape) for info in session.inputs] == [("x", np.float32, ("batch", 20))]
+    assert [(info.name, info.shape) for info in session.outputs] == [("y", ("batch", 10))]
+
+
+def test_legacy_softmax_normalizes_over_the_trailing_axes(tmp_path: Path) -> None:
+    path = save_model(tmp_path, "softmax11", [helper.make_node("Softmax", ["x"], ["y"])],
+                      [float_input("x", "batch", 3, 4)], [float_input("y", "batch", 3, 4)], opset=11)
+    assert_matches_onnxruntime(path, 3)
+
+
+def test_outputs_read_by_later_nodes_and_views_of_the_input_come_back(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["hidden"], transA=1),
+             helper.make_node("Relu", ["hidden"], ["active"]),
+             helper.make_node("MatMul", ["active", "v"], ["y"]),  # by a vector: [batch, 5] . [5]
+             helper.make_node("Flatten", ["x"], ["flat"], axis=0)]
+    path = save_model(tmp_path, "outputs", nodes, [float_input("x", 6, "batch")],
+                      [float_input("hidden", "batch", 5), float_input("y", "batch"), float_input("flat", 1, None)],
+                      [weight("w", 6, 5), weight("v", 5)])
+    assert_matches_onnxruntime(path, 3)
+
+
+def test_empty_batch_gives_empty_outputs(models: dict[str, Path]) -> None:
+    outputs = opencl.load(models["cnn"]).run({"x": np.zeros((0, 3, 32, 32), np.float32)})
+    assert outputs["y"].shape == (0, 10)
+
+
+def test_concurrent_runs_from_threads_each_get_their_own_results(models: dict[str, Path]) -> None:
+    session = opencl.load(models["mlp"])
+    cases = [feeds(models["mlp"], batch) for batch in (1, 3, 17, 3, 1, 17)]
+    expected = [reference(models["mlp"], inputs)["y"] for inputs in cases]
+    got: list[np.ndarray | None] = [None] * len(cases)
+
+    def score(index: int) -> None:
+        for _ in range(5):
+            got[index] = session.run(cases[index])["y"]
+
+    threads = [threading.Thread(target=score, args=(index,)) for index in range(len(cases))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result, want in zip(got, expected):
+        np.testing.assert_allclose(result, want, atol=TOLERANCE)
+
+
+# ---- buffers --------------------------------------------------------------------------------------------
+
+
+def test_same_batch_size_again_allocates_no_new_buffers(models: dict[str, Path]) -> None:
+    session = opencl.load(models["cnn"])
+    session.run(feeds(models["cnn"], 3))
+    allocated = session.allocations
+    session.run(feeds(models["cnn"], 3))
+    assert session.allocations == allocated
+    session.run(feeds(models["cnn"], 4))
+    assert session.allocations > allocated
+
+
+def test_plan_cache_keeps_only_the_most_recent_shapes(models: dict[str, Path]) -> None:
+    session = opencl.load(models["mlp"], opencl_plan_cache=2)
+    for batch in (1, 2, 3, 2):
+        session.run(feeds(models["mlp"], batch))
+    assert session.cached_shapes == [((3, 20),), ((2, 20),)]
+
+
+def test_intermediate_buffers_are_shared_between_tensors_that_do_not_overlap(models: dict[str, Path]) -> None:
+    """The CNN's chain of eight nodes needs far fewer than one buffer per tensor."""
+    session = opencl.load(models["cnn"])
+    session.run(feeds(models["cnn"], 2))
+    assert session.allocations <= 5
+
+
+# ---- errors at load -------------------------------------------------------------------------------------
+
+
+def test_unsupported_op_is_named_with_the_supported_ones(tmp_path: Path) -> None:
+    path = save_model(tmp_path, "erf", [helper.make_node("Erf", ["x"], ["e"]), helper.make_node("Relu", ["e"], ["y"])],
+                      [float_input("x", "batch", 4)], [float_input("y", "batch", 4)])
+    with pytest.raises(UnsupportedModel) as error:
+        opencl.load(path)
+    message = str(error.value)
+    assert "unsupported operator Erf" in message
+    assert "Gemm" in message and "Conv" in message and "GlobalAveragePool" in message
+
+
+@pytest.mark.parametrize(("node", "expected"), [
+    (helper.make_node("Conv", ["x", "k"], ["y"], auto_pad="MIRROR"), "auto_pad 'MIRROR'"),
+    (helper.make_node("Conv", ["x", "k"], ["y"], pads=[1, 1]), "only 2-D windows"),
+    (helper.make_node("Reshape", ["x", "x"], ["y"]), "the shape must be a constant"),
+    (helper.make_node("Softmax", ["x"], ["y"], axis=1, unheard_of=3), "attribute unheard_of is not supported"),
+])
+def test_unsupported_attributes_are_refused_at_load(tmp_path: Path, node: onnx.NodeProto, expected: str) -> None:
+    path = tmp_path / "model.onnx"
+    graph = helper.make_graph([node], "g", [float_input("x", 1, 2, 5, 5)], [float_input("y", None)],
+                              [weight("k", 3, 2, 3, 3)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    with pytest.raises(UnsupportedModel, match="node") as error:
+        opencl.load(path)
+    assert expected in str(error.value)
+
+
+def test_non_float_model_is_refused(tmp_path: Path) -> None:
+    path = save_model(tmp_path, "ints", [helper.make_node("Relu", ["x"], ["y"])],
+                      [helper.make_tensor_value_info("x", TensorProto.INT32, [2])],
+                      [helper.make_tensor_value_info("y", TensorProto.INT32, [2])])
+    with pytest.raises(UnsupportedModel, match="float32 models only"):
+        opencl.load(path)
+
+
+def test_unknown_option_and_unknown_device_are_refused(models: dict[str, Path]) -> None:
+    with pytest.raises(AcceleratorError, match="unknown option threads"):
+        opencl.load(models["mlp"], threads=2)
+    with pytest.raises(DeviceUnavailable, match="no OpenCL device matches .*the devices are 0: "):
+        opencl.load(models["mlp"], opencl_device="no such board")
+
+
+# ---- errors at run --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("inputs", "expected"), [
+    ({"x": np.zeros((2, 20), np.float32), "z": np.zeros(1)}, "unknown input 'z'"),
+    ({}, "missing input 'x'"),
+    ({"x": np.zeros((2, 4, 5), np.float32)}, "must have 2 dimensions"),
+    ({"x": np.zeros((2, 21), np.float32)}, "dimension 1 must be 20, got 21"),
+    ({"x": [["a"] * 20]}, "must be float32"),
+])
+def test_bad_inputs_raise_invalid_input_naming_the_problem(models: dict[str, Path], inputs: dict,
+                                                           expected: str) -> None:
+    with pytest.raises(InvalidInput, match=expected):
+        opencl.load(models["mlp"]).run(inputs)
+
+
+def test_shapes_that_cannot_pass_a_node_name_it(tmp_path: Path) -> None:
+    path = save_model(tmp_path, "reshape", [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                      [float_input("x", "batch", 3)], [float_input("y", 2, -1)],
+                      [numpy_helper.from_array(np.array([2, -1], np.int64), "shape")])
+    with pytest.raises(InvalidInput, match=r"node 'y' \(Reshape\).*cannot reshape \[3, 3\]"):
+        opencl.load(path).run({"x": np.zeros((3, 3), np.float32)})
+
+
+# ---- the prebuilt binary --------------------------------------------------------------------------------
+
+
+def test_saved_binary_loads_back_with_identical_results(models: dict[str, Path], tmp_path: Path) -> None:
+    from_source = opencl.load(models["cnn"])
+    binary = from_source.save_binary(tmp_path / "mlscore.bin")
+    from_binary = opencl.load(models["cnn"], opencl_binary=binary)
+    assert from_binary.program.origin == str(binary)
+    inputs = feeds(models["cnn"], 3)
+    np.testing.assert_array_equal(from_binary.run(inputs)["y"], from_source.run(inputs)["y"])
+
+
+def test_build_binary_serves_any_model(models: dict[str, Path], tmp_path: Path) -> None:
+    binary = opencl.build_binary(tmp_path / "any.bin")
+    assert_matches_onnxruntime(models["elementwise"], 3, opencl_binary=binary)
+
+
+@pytest.mark.parametrize("batch", (1, 17))
+def test_binary_carries_its_work_shapes(models: dict[str, Path], tmp_path: Path, batch: int) -> None:
+    """A CPU device builds the serial tuning; the parallel one that GPUs and FPGAs get (many
+    work-items per tile, a local-memory reduction) runs here from a binary that reports it."""
+    binary = opencl.build_binary(tmp_path / "parallel.bin", tuning=opencl.PARALLEL)
+    assert opencl.load(models["mlp"], opencl_binary=binary).program.tuning == opencl.PARALLEL
+    for model in sorted(MODELS):
+        assert_matches_onnxruntime(models[model], batch, opencl_binary=binary)
+
+
+def test_garbage_binary_fails_naming_the_file(models: dict[str, Path], tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x7fELF not a program" * 64)
+    with pytest.raises(AcceleratorError, match=f"opencl_binary {garbage} is not a program binary for"):
+        opencl.load(models["mlp"], opencl_binary=garbage)
+
+
+def test_binary_of_other_kernels_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    import pyopencl as cl
+
+    device = cl.get_platforms()[0].get_devices()[0]
+    stale = opencl.kernel_source().replace("#define MLSCORE_ABI ", "#define MLSCORE_ABI 1u //", 1)
+    binary = tmp_path / "stale.bin"
+    binary.write_bytes(cl.Program(cl.Context([device]), stale).build().get_info(cl.program_info.BINARIES)[0])
+    with pytest.raises(AcceleratorError, match=f"the program from {binary} holds another version"):
+        opencl.load(models["mlp"], opencl_binary=binary, opencl_device=0)
+
+
+def test_missing_binary_fails_naming_the_file(models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(AcceleratorError, match="cannot read .*absent.bin"):
+        opencl.load(models["mlp"], opencl_binary=tmp_path / "absent.bin")
+
+
+# ---- devices --------------------------------------------------------------------------------------------
+
+
+def test_devices_describe_each_opencl_device() -> None:
+    found = opencl.devices()
+    assert all(info.kind == "opencl" and info.name for info in found)
+    details = found[0].details
+    assert details["index"] == 0
+    assert details["type"] in ("CPU", "GPU", "ACCELERATOR", "CUSTOM", "OTHER")
+    assert details["compute_units"] >= 1 and details["global_memory_bytes"] > 0 and details["local_memory_bytes"] > 0
+    assert details["opencl_version"].startswith("OpenCL")
+
+
+def test_machine_without_opencl_lists_none_and_says_how_to_get_one(models: dict[str, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyopencl as cl
+
+    monkeypatch.setattr(cl, "get_platforms", lambda: [])
+    assert opencl.devices() == []
+    with pytest.raises(DeviceUnavailable, match=r"no OpenCL device found: pip install 'pyopencl\[pocl\]'"):
+        opencl.load(models["mlp"])
+
+
+def test_pocl_device_is_listed_when_pocl_is_installed() -> None:
+    pytest.importorskip("pocl_binary_distribution", reason="pocl's wheel is not installed")
+    assert any("Portable Computing Language" in info.details["platform"] for info in opencl.devices())
