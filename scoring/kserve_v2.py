@@ -64,6 +64,16 @@ def decode_request(body: bytes, header_length: bytes | None) -> tuple[dict[str, 
     return request, tensors
 
 
+def check_datatypes(tensors: dict[str, np.ndarray], inputs: list[TensorInfo]) -> None:
+    """A V2 tensor declares its datatype: it must be the model's, as Triton requires (JSON /score
+    bodies, which declare none, are converted instead)."""
+    for info in inputs:
+        given = tensors.get(info.name)
+        if given is not None and given.dtype != info.dtype:
+            raise V2Error(f"input {info.name!r}: datatype {datatype(given.dtype)} does not match the model's "
+                          f"{datatype(info.dtype)}")
+
+
 def requested_outputs(request: dict[str, Any], outputs: list[TensorInfo]) -> list[tuple[str, bool]]:
     """(name, as binary data) of each output to return: those the request names, else all as JSON."""
     asked = request.get("outputs")

@@ -94,6 +94,7 @@ class OnnxPipeline:
     def _infer(self, request: RawRequest) -> RawResponse:
         try:
             decoded, tensors = kserve_v2.decode_request(request.body, request.header(kserve_v2.HEADER_LENGTH))
+            kserve_v2.check_datatypes(tensors, self.inputs)
             wanted = kserve_v2.requested_outputs(decoded, self.outputs)
         except kserve_v2.V2Error as error:
             return v2_error(400, str(error))

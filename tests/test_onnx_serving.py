@@ -141,6 +141,9 @@ def test_v2_bad_tensors_are_400s_that_say_what_was_wrong(served):
     strings = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["a", "b", "c", "d"]}]}
     response = httpx.post(served.url + "/v2/models/iris_mlp/infer", json=strings)
     assert response.status_code == 400 and "cannot be read as FP32" in response.json()["error"]
+    wrong_type = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT32", "data": [1, 2, 3, 4]}]}
+    response = httpx.post(served.url + "/v2/models/iris_mlp/infer", json=wrong_type)
+    assert response.status_code == 400 and "datatype INT32 does not match the model's FP32" in response.json()["error"]
     unknown_type = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP8", "data": [1, 2, 3, 4]}]}
     response = httpx.post(served.url + "/v2/models/iris_mlp/infer", json=unknown_type)
     assert response.status_code == 400 and "datatype 'FP8' is not supported" in response.json()["error"]
