@@ -178,7 +178,7 @@ def _probe_model() -> bytes:
 
 def devices() -> list[DeviceInfo]:
     """The CPU, and the GPU when gpu_works()."""
-    cpu = DeviceInfo("cpu", _cpu_name(), {
+    cpu = DeviceInfo("cpu", cpu_name(), {
         "onnxruntime": ort.__version__, "logical_cores": os.cpu_count(), "threads": default_threads(),
         "providers": ort.get_available_providers(),
     })
@@ -189,7 +189,8 @@ def devices() -> list[DeviceInfo]:
     return [cpu, DeviceInfo("gpu", details.get("name", "CUDA device 0"), details)]
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -47,7 +47,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
@@ -170,12 +170,20 @@ def variant(text: str) -> tuple[str, str]:
     return f"mlscore {name.strip()}", flags
 
 
-def server_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(SERVER_KINDS))
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"servers must be among {','.join(SERVER_KINDS)}, got {text!r}")
-    return names
+def name_list(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma list of names among `choices`."""
+
+    def parse(text: str) -> list[str]:
+        names = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = sorted(set(names) - set(choices))
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"servers must be among {','.join(choices)}, got {text!r}")
+        return names
+
+    return parse
+
+
+server_list = name_list(SERVER_KINDS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -585,13 +593,9 @@ def cpu_busy_share(window_s: float = 1.0) -> float:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from mlscore.accelerators.onnx_runtime import cpu_name
+
+    return cpu_name()
 
 
 def git_revision() -> str:

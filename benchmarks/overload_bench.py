@@ -49,7 +49,7 @@ from pathlib import Path
 from http_bench import (  # run as a script, benchmarks/ is on sys.path
     BENCH, BUSY_SHARE, HOST, LOGS, REPO, RESULTS_MD, VENV_PY, WORK, Server, ServerSpec, _raise_on_sigterm,
     cpu_busy_share, ensure_peer_venv, environment_lines, free_port, git_revision, markdown_table,
-    mlscore_command, package_versions, peer_command, start_all, stop_servers, wait_idle,
+    mlscore_command, name_list, package_versions, peer_command, start_all, stop_servers, wait_idle,
 )
 
 ENTRY_SCRIPT = BENCH / "overload_score.py"
@@ -568,12 +568,7 @@ def float_list(text: str) -> list[float]:
     return values
 
 
-def server_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(SERVER_CHOICES))
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"servers must be among {','.join(SERVER_CHOICES)}, got {text!r}")
-    return names
+server_list = name_list(SERVER_CHOICES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
