@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mlscore import __version__
+from mlscore.deploy.model_cli import add_model_commands, run_model_command
 from mlscore.server.settings import EXECUTORS, LOG_LEVELS, Settings, SettingsError
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a stop (SIGTERM, SIGINT) waits for accepted requests to finish (default 30)")
     commands.add_parser("devices", help="list the devices models can run on here (cpu, gpu, opencl)",
                         description="List the devices accelerators.load() can use on this machine.")
+    add_model_commands(commands)
     admission = serve.add_argument_group("admission")
     admission.add_argument("--max-concurrent-requests", dest="max_concurrent_requests",
                            help="requests in run() at once per replica (default 1)")
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "devices":
         return _list_devices()
+    if args.command == "model":
+        return run_model_command(args)
     if args.command != "serve":
         parser.print_help()
         return 2
