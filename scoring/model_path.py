@@ -37,6 +37,9 @@ def get_model_path(model_name: str, version: int | str | None = None, *, root: P
     if not base.is_dir():
         raise ModelNotFoundError(f"model directory {base} does not exist or is not a folder")
     candidate = base / model_name
+    if _is_version_folder_of(base, model_name):
+        # AZUREML_MODEL_DIR is the one model's version folder, as Azure sets it for a single model
+        candidate, version = base.parent, version if version is not None else base.name
     if not candidate.exists():
         raise ModelNotFoundError(
             f"model {model_name!r} not found in {base}; it holds: {_listing(base)}"
@@ -56,6 +59,10 @@ def get_model_path(model_name: str, version: int | str | None = None, *, root: P
             f"versions there: {', '.join(str(v) for v in sorted(versions))}"
         )
     return _single_file_or_folder(version_dir)
+
+
+def _is_version_folder_of(path: Path, model_name: str) -> bool:
+    return path.name.isdigit() and path.parent.name == model_name
 
 
 def _versions(path: Path) -> list[int]:

@@ -62,3 +62,17 @@ def test_azureml_model_class_uses_the_model_dir(monkeypatch, tmp_path):
     (tmp_path / "x.pkl").write_bytes(b"x")
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
     assert Model.get_model_path("x.pkl") == str(tmp_path / "x.pkl")
+
+
+def test_model_dir_set_to_the_single_models_version_folder_resolves_that_model(tmp_path):
+    version_dir = tmp_path / "azureml-models" / "sklearn_regression_model.pkl" / "3"
+    version_dir.mkdir(parents=True)
+    (version_dir / "sklearn_regression_model.pkl").write_bytes(b"x")
+    (version_dir.parent / "4").mkdir()  # another version beside it is not taken by default
+    (version_dir.parent / "4" / "sklearn_regression_model.pkl").write_bytes(b"y")
+
+    assert get_model_path("sklearn_regression_model.pkl", root=version_dir) == str(
+        version_dir / "sklearn_regression_model.pkl")
+    assert get_model_path("sklearn_regression_model.pkl", version=4, root=version_dir).endswith("/4/sklearn_regression_model.pkl")
+    with pytest.raises(ModelNotFoundError, match="other"):
+        get_model_path("other", root=version_dir)
