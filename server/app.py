@@ -55,6 +55,7 @@ class ServerState:
     swagger: SwaggerDocuments
     metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False  # init() and the warm-up passed
+    draining: bool = False  # stopping: every response closes its connection, so clients move elsewhere
     not_ready_reason: str = "starting"
     model: OnnxPipeline | None = None  # the model served without a script (--model), for the V2 routes
 
@@ -135,6 +136,8 @@ class ScoreFirst:
         self._metrics.request(route, response.status_code)
         if route == self._infer_path and response.status_code >= 400:
             response = v2_error_body(response)
+        if self._routes.state.draining:
+            response.raw_headers.append(CONNECTION_CLOSE)
         await response(scope, receive, send)
 
     def _counting(self, path: str, send: Send) -> Send:
@@ -143,10 +146,13 @@ class ScoreFirst:
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self._metrics.request(route, message["status"])
+                if self._routes.state.draining:
+                    message = {**message, "headers": [*message.get("headers", ()), CONNECTION_CLOSE]}
             await send(message)
 
         return counted
 
 
+CONNECTION_CLOSE = (b"connection", b"close")  # uvicorn closes the connection after a response that says so
 KNOWN_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",
                           "/swagger.json", "/metrics", "/v2"})

@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--app-root", dest="app_root", help="the app folder (env AML_APP_ROOT; default: cwd)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", help="port to listen on (default 5001)")
+    serve.add_argument("--fd", action="append", default=[], help="serve an inherited listening socket by its "
+                       "file descriptor, in place of --host and --port (repeatable; env MLSCORE_LISTEN_FDS)")
     serve.add_argument("--config", type=Path, help="JSON file whose keys are the environment variables' names")
     serve.add_argument("--inference-config", dest="inference_config", type=Path,
                        help="inference-config JSON (entryScript, sourceDirectory, enableGpu)")

@@ -52,7 +52,7 @@ class Started:
     socket and the loaded script."""
 
     state: ServerState
-    sock: socket.socket
+    sockets: list[socket.socket]
     pipeline: Pipeline
 
 
@@ -90,13 +90,31 @@ def start(settings: Settings) -> Started:
     if settings.entry_script is None and settings.model is None:
         raise StartupError("nothing to serve: pass --entry-script PATH (or set AZUREML_ENTRY_SCRIPT), or "
                            "--model MODEL.onnx", EXIT_BAD_SETTINGS)
-    sock = bind(settings.host, settings.port)
+    sockets = inherited(settings.listen_fds) if settings.listen_fds else [bind(settings.host, settings.port)]
     try:
         state, pipeline = prepare_state(settings)
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return Started(state, sock, pipeline)
+    return Started(state, sockets, pipeline)
+
+
+def inherited(fds: tuple[int, ...]) -> list[socket.socket]:
+    """Listening sockets handed down by the process that started this one (`--fd`): a process that
+    owns the port across restarts, so an old and a new server can share it while they overlap."""
+    sockets = []
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError as error:
+            raise StartupError(f"--fd {fd}: not an open socket ({error.strerror})", EXIT_BAD_SETTINGS) from None
+        if sock.type != socket.SOCK_STREAM or not listening:
+            sock.detach()
+            raise StartupError(f"--fd {fd}: not a listening TCP or Unix socket", EXIT_BAD_SETTINGS)
+        sockets.append(sock)
+    return sockets
 
 
 def build_state(settings: Settings) -> ServerState:
@@ -198,6 +216,9 @@ class NotStarted:
         """Nothing to stop: init() still running is abandoned with the process."""
 
 
+DRAIN_SECONDS = 1.0  # how long a stop keeps answering on open connections before closing idle ones
+
+
 class Server(uvicorn.Server):
     """uvicorn's server with the two ends of our life: once it listens, init() and the warm-up run in
     the background (health answers meanwhile; ready is 503 until they pass); on a stop, it logs how
@@ -215,12 +236,11 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        host, port = self._launch.sock.getsockname()[:2]
-        logger.info("listening on http://%s:%d; running init() and the warm-up (/health/ready is 503 until "
-                    "they pass)", host, port)
-        self._scoring_start = asyncio.ensure_future(self._start_scoring(host, port))
+        where = ", ".join(_address(sock) for sock in self._launch.sockets)
+        logger.info("listening on %s; running init() and the warm-up (/health/ready is 503 until they pass)", where)
+        self._scoring_start = asyncio.ensure_future(self._start_scoring(where))
 
-    async def _start_scoring(self, host: str, port: int) -> None:
+    async def _start_scoring(self, where: str) -> None:
         state = self._launch.state
         init_started = time.monotonic()
         try:
@@ -233,8 +253,8 @@ class Server(uvicorn.Server):
         use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
         gc.freeze()  # see worker_main: what start-up made is left out of later full collections
         readiness = "ready" if state.ready else f"not ready: {state.not_ready_reason}"
-        logger.info("serving %s on http://%s:%d (%s; executor %s)", state.settings.entry_script, host, port,
-                    readiness, executor.name)
+        logger.info("serving %s on %s (%s; executor %s)", state.settings.entry_script or state.settings.model,
+                    where, readiness, executor.name)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.exit_code:  # init() failed: nothing was accepted, and the reason is logged already
@@ -244,11 +264,28 @@ class Server(uvicorn.Server):
         logger.info("stopping: finishing %d in-flight request(s) (%d scoring, %d queued), grace period %g s",
                     len(self.server_state.tasks), admission.in_use, admission.queued,
                     self.config.timeout_graceful_shutdown)
+        await self._drain(sockets)
         await super().shutdown(sockets=sockets)
         if self.cut_off:
             logger.warning("stopped: the grace period ran out; %d request(s) were cut off", self.cut_off)
         else:
             logger.info("stopped: every accepted request was answered")
+
+    async def _drain(self, sockets: list[socket.socket] | None) -> None:
+        """Stop accepting, then keep answering on open connections for a moment, each response
+        closing its connection, before uvicorn closes the idle ones. A client in the middle of
+        sending its next request on a kept-alive connection would otherwise see it reset; this way
+        it is answered and reconnects, to a server that still listens (a replacement sharing the
+        port, another replica)."""
+        for server in self.servers:
+            server.close()
+        for sock in sockets or ():
+            sock.close()
+        state = self._launch.state
+        state.draining, state.ready, state.not_ready_reason = True, False, "stopping"
+        deadline = time.monotonic() + min(DRAIN_SECONDS, self.config.timeout_graceful_shutdown or 0)
+        while self.server_state.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def _wait_tasks_to_complete(self) -> None:
         # uvicorn cancels this wait when the grace period runs out, and then every request task
@@ -280,13 +317,20 @@ def serve(started: Started) -> int:
     # of the default makes that a no-op, so a graceful stop ends with exit status 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _stopped_gracefully)
-    server.run(sockets=[started.sock])
+    server.run(sockets=started.sockets)
     if server.cut_off:
         # A run() cut off in a scoring thread cannot be stopped, and the interpreter would wait for
         # it at exit; the grace period is over, so the process ends now.
         logging.shutdown()
         os._exit(server.exit_code)
     return server.exit_code
+
+
+def _address(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, str):
+        return f"unix:{name}"
+    return f"http://[{name[0]}]:{name[1]}" if ":" in name[0] else f"http://{name[0]}:{name[1]}"
 
 
 def _stopped_gracefully(signum: int, frame: object) -> None:

@@ -105,6 +105,17 @@ def _keys(label: str, value: Any) -> tuple[str, ...]:
     return keys
 
 
+def _fds(label: str, value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    fds = []
+    for item in items:
+        text = str(item).strip()
+        if not text.isdigit():
+            raise SettingsError(f"{label}: a file descriptor number, got {text!r}")
+        fds.append(int(text))
+    return tuple(fds)
+
+
 def _origins(label: str, value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return tuple(str(item).strip() for item in items if str(item).strip())
@@ -123,6 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source_directory", None, ("AZUREML_SOURCE_DIRECTORY",), None, _path, inference_key="sourceDirectory"),
     Setting("host", "host", ("MLSCORE_HOST",), None, _text, "127.0.0.1"),
     Setting("port", "port", ("MLSCORE_PORT",), "port", _integer(0, 65535), 5001),
+    Setting("listen_fds", "fd", ("MLSCORE_LISTEN_FDS",), None, _fds, ()),
     Setting("log_level", "log_level", ("MLSCORE_LOG_LEVEL", "AZUREML_LOG_LEVEL"), None, _choice(LOG_LEVELS), "info"),
     Setting("max_concurrent_requests", "max_concurrent_requests", ("MLSCORE_MAX_CONCURRENT_REQUESTS",),
             "maxConcurrentRequestsPerContainer", _integer(1, 1000), 1),
@@ -159,6 +171,7 @@ class Settings:
     source_directory: Path | None
     host: str
     port: int
+    listen_fds: tuple[int, ...]  # inherited listening sockets, served in place of host and port
     log_level: str
     max_concurrent_requests: int
     max_queue_wait_ms: int
