@@ -707,6 +707,24 @@ def load_deployment_config(source: str | os.PathLike[str] | Mapping[str, Any],
     return _load(schema, data, name, folder, elsewhere)
 
 
+def to_json(config: InferenceConfig | DeploymentConfig) -> dict[str, Any]:
+    """The config as the JSON object that loads back to it (Azure's field names; None left out; paths
+    as given, so load it again with the same `base_dir`)."""
+    if isinstance(config, InferenceConfig):
+        return _json_object(INFERENCE, config)
+    schema = next(schema for schema in COMPUTE_TYPES.values() if schema.record is type(config))
+    return {"computeType": type(config).COMPUTE_TYPE, **_json_object(schema, config)}
+
+
+def _json_object(schema: Schema, record: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for spec in schema.fields:
+        value = getattr(record, spec.attr)
+        if value is not None:
+            data[spec.key] = _json_object(spec.kind, value) if isinstance(spec.kind, Schema) else value
+    return data
+
+
 # --- what a config means for the server ----------------------------------------------------------------
 
 _ENV = {setting.name: setting.env[0] for setting in SETTINGS}  # the server's own variable names

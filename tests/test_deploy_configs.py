@@ -627,3 +627,18 @@ def test_records_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.entry_script = "other.py"  # type: ignore[misc]
     assert isinstance(config, InferenceConfig)
+
+
+@pytest.mark.parametrize("data", [
+    {"entryScript": "score.py", "runtime": "python", "enableGpu": True, "baseImage": "x/y:1"},
+    {"computeType": "local", "port": 6789},
+    {"computeType": "aci", "containerResourceRequirements": {"cpu": 2, "memoryInGB": 3.5}, "authEnabled": True},
+    {"computeType": "aks", "numReplicas": 3, "keys": {"primaryKey": "p", "secondaryKey": "s"}, "namespace": "ml",
+     "livenessProbeRequirements": {"periodSeconds": 7}},
+])
+def test_to_json_loads_back_to_the_same_config(data):
+    from mlscore.deploy.configs import to_json
+    load = load_inference_config if "entryScript" in data else load_deployment_config
+    config = load(data)
+    # notes may differ: a default filled in (cudaVersion with enableGpu) is given explicitly the second time
+    assert dataclasses.replace(load(to_json(config)), notes=()) == dataclasses.replace(config, notes=())
