@@ -309,8 +309,10 @@ def to_yaml(document: Any) -> str:
 # --- applying ------------------------------------------------------------------------------------------
 
 
-def apply_command(output_dir: Path) -> list[str]:
-    return ["kubectl", "apply", "-f", str(output_dir)]
+def kubectl_command(verb: str, output_dir: Path) -> list[str]:
+    """`kubectl apply -f DIR` or `kubectl delete -f DIR` (delete tolerates objects already gone)."""
+    extra = ["--ignore-not-found"] if verb == "delete" else []
+    return ["kubectl", verb, "-f", str(output_dir), *extra]
 
 
 def cluster_available() -> bool:
@@ -325,15 +327,16 @@ def cluster_available() -> bool:
     return answer.returncode == 0
 
 
-def apply_or_print(output_dir: Path, echo: Callable[[str], None] = print) -> bool:
-    """`kubectl apply` the written manifests when a cluster is configured (True), echoing what kubectl
-    says; otherwise echo the command to run later (False). Raises KubectlError when the apply fails."""
-    command = apply_command(output_dir)
+def run_or_print(verb: str, output_dir: Path, echo: Callable[[str], None] = print) -> bool:
+    """`kubectl apply` (or `delete`) the written manifests when a cluster is configured (True),
+    echoing what kubectl says; otherwise echo the command to run later (False). Raises
+    KubectlError when kubectl fails."""
+    command = kubectl_command(verb, output_dir)
     if not cluster_available():
-        echo(f"no Kubernetes cluster configured: apply the manifests with\n  {shlex.join(command)}")
+        echo(f"no Kubernetes cluster configured: {verb} the manifests with\n  {shlex.join(command)}")
         return False
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise KubectlError(result.stderr.strip() or f"kubectl apply exited with status {result.returncode}")
+        raise KubectlError(result.stderr.strip() or f"kubectl {verb} exited with status {result.returncode}")
     echo(result.stdout.rstrip())
     return True

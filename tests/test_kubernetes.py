@@ -17,7 +17,7 @@ from mlscore.deploy import kubernetes
 from mlscore.deploy.configs import InferenceConfig, Keys, load_deployment_config
 from mlscore.deploy.kubernetes import (
     KubectlError,
-    apply_or_print,
+    run_or_print,
     cluster_available,
     render_manifests,
     to_yaml,
@@ -334,7 +334,7 @@ def test_without_a_cluster_the_apply_command_is_printed(tmp_path: Path, monkeypa
     monkeypatch.setattr(kubernetes, "cluster_available", lambda: False)
     monkeypatch.setattr(kubernetes.subprocess, "run", _must_not_run)
     said: list[str] = []
-    assert apply_or_print(tmp_path / "my manifests", said.append) is False
+    assert run_or_print("apply", tmp_path / "my manifests", said.append) is False
     assert said[0].endswith(f"kubectl apply -f '{tmp_path / 'my manifests'}'")
 
 
@@ -348,9 +348,11 @@ def test_with_a_cluster_kubectl_applies_the_folder(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(kubernetes, "cluster_available", lambda: True)
     monkeypatch.setattr(kubernetes.subprocess, "run", kubectl)
     said: list[str] = []
-    assert apply_or_print(tmp_path, said.append) is True
+    assert run_or_print("apply", tmp_path, said.append) is True
     assert commands == [["kubectl", "apply", "-f", str(tmp_path)]]
     assert said == ["deployment.apps/svc created"]
+    assert run_or_print("delete", tmp_path, said.append) is True
+    assert commands[-1] == ["kubectl", "delete", "-f", str(tmp_path), "--ignore-not-found"]
 
 
 def test_a_failed_apply_raises_with_kubectls_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,7 +360,7 @@ def test_a_failed_apply_raises_with_kubectls_message(tmp_path: Path, monkeypatch
     monkeypatch.setattr(kubernetes.subprocess, "run", lambda command, **options: subprocess.CompletedProcess(
         command, 1, "", "error: namespaces \"models\" is forbidden\n"))
     with pytest.raises(KubectlError, match="is forbidden"):
-        apply_or_print(tmp_path, lambda line: None)
+        run_or_print("apply", tmp_path, lambda line: None)
 
 
 def test_no_cluster_without_kubectl(monkeypatch: pytest.MonkeyPatch) -> None:
