@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mlscore.deploy import image, kubernetes
 from mlscore.deploy.configs import (
     AciConfig,
     AksConfig,
@@ -103,6 +102,8 @@ def update(registry: Registry, name: str, models: Sequence[str] | None = None,
 
 def delete(registry: Registry, name: str, progress: Progress = print) -> None:
     """Stop the service where it runs and forget it; its model versions can be deleted afterwards."""
+    from mlscore.deploy import image, kubernetes
+
     current = get(registry, name)
     kind = current.deployment.COMPUTE_TYPE
     if kind == "local":
@@ -155,6 +156,8 @@ def list_services(registry: Registry) -> list[Service]:
 
 def logs(registry: Registry, name: str, lines: int | None = None) -> str:
     """The server's log: the local process's file, the container's output, or how to read the pods'."""
+    from mlscore.deploy import image, kubernetes
+
     current = get(registry, name)
     kind = current.deployment.COMPUTE_TYPE
     if kind == "local":
@@ -247,6 +250,8 @@ def _run_local(registry: Registry, name: str, versions: list[ModelVersion], infe
 def _run_container(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,
                    deployment: AciConfig, keys: Keys | None, output: Path | None, progress: Progress,
                    previous: Deployed | None) -> dict[str, Any]:
+    from mlscore.deploy import image
+
     output = output or registry.root / "build" / name
     env = _server_env(name, inference, deployment, keys)
     context = image.write_build_context(output, name, inference, versions, env)
@@ -274,6 +279,8 @@ def _run_container(registry: Registry, name: str, versions: list[ModelVersion], 
 def _run_kubernetes(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,
                     deployment: AksConfig, keys: Keys | None, output: Path | None,
                     progress: Progress) -> dict[str, Any]:
+    from mlscore.deploy import image, kubernetes
+
     output = output or registry.root / "build" / name
     context = image.write_build_context(output / "image", name, inference, versions, {})
     manifests = kubernetes.render_manifests(name, deployment, inference, context.image, versions, keys)

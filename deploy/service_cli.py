@@ -9,9 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlscore.deploy import service
-from mlscore.deploy.configs import ConfigError, load_deployment_config, load_inference_config
-from mlscore.deploy.image import ImageError
-from mlscore.deploy.kubernetes import KubectlError
 from mlscore.deploy.registry import HOME_ENV, Registry, RegistryError
 
 
@@ -67,6 +64,10 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def run_service_command(args: argparse.Namespace) -> int:
     """Run a parsed `deploy` or `service` command: 0 when done, 1 (with the reason on stderr) otherwise."""
+    from mlscore.deploy.configs import ConfigError
+    from mlscore.deploy.image import ImageError  # the targets load when a command runs, not for the parser
+    from mlscore.deploy.kubernetes import KubectlError
+
     try:
         registry = Registry(args.registry)
         if args.command == "deploy":
@@ -80,6 +81,8 @@ def run_service_command(args: argparse.Namespace) -> int:
 
 
 def _deploy(registry: Registry, args: argparse.Namespace) -> None:
+    from mlscore.deploy.configs import load_deployment_config, load_inference_config
+
     inference = load_inference_config(args.inference_config)
     deployment = load_deployment_config(args.deployment_config)
     service.deploy(registry, args.name, args.models, inference, deployment, args.output, progress=_say)
@@ -126,6 +129,8 @@ def _logs(registry: Registry, args: argparse.Namespace) -> None:
 
 
 def _update(registry: Registry, args: argparse.Namespace) -> None:
+    from mlscore.deploy.configs import load_deployment_config, load_inference_config
+
     inference = load_inference_config(args.inference_config) if args.inference_config else None
     deployment = load_deployment_config(args.deployment_config) if args.deployment_config else None
     if args.models is None and inference is None and deployment is None:
