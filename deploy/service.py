@@ -199,7 +199,7 @@ def _run(registry: Registry, name: str, versions: list[ModelVersion], inference:
     return deployed
 
 
-def _serve_args(inference: InferenceConfig) -> list[str]:
+def serve_args(inference: InferenceConfig) -> list[str]:
     script = inference.entry_script_path
     if script is None:
         raise DeployError("the inference config has no folder to find its entryScript in: load it from a file, or "
@@ -218,7 +218,7 @@ def _run_local(registry: Registry, name: str, versions: list[ModelVersion], infe
                previous: Deployed | None) -> dict[str, Any]:
     folder = registry.root / "services" / name
     service = LocalService(folder)
-    args, env = _serve_args(inference), _server_env(name, inference, deployment, keys)
+    args, env = serve_args(inference), _server_env(name, inference, deployment, keys)
     try:
         if previous is not None and service.host_running():
             generation = int(previous.details.get("generation", 1)) + 1

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from mlscore import __version__
 from mlscore.deploy.model_cli import add_model_commands, run_model_command
+from mlscore.deploy.profile import add_profile_command, run_profile_command
 from mlscore.deploy.service_cli import add_service_commands, run_service_command
 from mlscore.server.settings import EXECUTORS, LOG_LEVELS, Settings, SettingsError
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List the devices accelerators.load() can use on this machine.")
     add_model_commands(commands)
     add_service_commands(commands)
+    add_profile_command(commands)
     admission = serve.add_argument_group("admission")
     admission.add_argument("--max-concurrent-requests", dest="max_concurrent_requests",
                            help="requests in run() at once per replica (default 1)")
@@ -81,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_model_command(args)
     if args.command in ("deploy", "service"):
         return run_service_command(args)
+    if args.command == "profile":
+        return run_profile_command(args)
     if args.command != "serve":
         parser.print_help()
         return 2
