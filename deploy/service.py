@@ -163,7 +163,7 @@ def logs(registry: Registry, name: str, lines: int | None = None) -> str:
     if kind == "local":
         return LocalService(Path(current.details["folder"])).logs(lines)
     if kind == "aci" and current.details.get("container"):
-        return image.logs(current.details["engine"], current.details["container"], lines)
+        return image.logs(current.details["engine"], current.details["container"], lines or 100_000)
     namespace = current.details.get("namespace")
     where = f" -n {namespace}" if namespace else ""
     return (f"service {name} runs on Kubernetes: read its logs with "
@@ -254,7 +254,7 @@ def _run_container(registry: Registry, name: str, versions: list[ModelVersion], 
 
     output = output or registry.root / "build" / name
     env = _server_env(name, inference, deployment, keys)
-    context = image.write_build_context(output, name, inference, versions, env)
+    context = _write_context(output, name, inference, versions, env)
     progress(f"service {name}: build context written to {context.path}")
     engine = image.find_engine()
     if engine is None:
@@ -282,7 +282,7 @@ def _run_kubernetes(registry: Registry, name: str, versions: list[ModelVersion],
     from mlscore.deploy import image, kubernetes
 
     output = output or registry.root / "build" / name
-    context = image.write_build_context(output / "image", name, inference, versions, {})
+    context = _write_context(output / "image", name, inference, versions, {})
     manifests = kubernetes.render_manifests(name, deployment, inference, context.image, versions, keys)
     written = kubernetes.write_manifests(manifests, output / "manifests")
     progress(f"service {name}: {len(written)} manifests written to {output / 'manifests'}; the image's build "
@@ -292,6 +292,16 @@ def _run_kubernetes(registry: Registry, name: str, versions: list[ModelVersion],
     namespace = deployment.namespace
     return {"state": "Transitioning" if applied else "Written", "output": str(output / "manifests"),
             "context": str(context.path), "image": context.image, "applied": applied, "namespace": namespace}
+
+
+def _write_context(output: Path, name: str, inference: InferenceConfig, versions: list[ModelVersion],
+                   env: dict[str, str]) -> Any:
+    from mlscore.deploy import image
+
+    try:
+        return image.write_build_context(output, name, inference, versions, env)
+    except ValueError as error:  # an output folder holding something else, a script outside its folder
+        raise DeployError(f"service {name}: {error}") from None
 
 
 # --- helpers -------------------------------------------------------------------------------------------
