@@ -12,9 +12,10 @@ Three parts, each runnable alone (``--part``, a comma list; default all):
   has no direct equivalent: its figures stand beside onnxruntime's on the CPU.
 - ``opencl``: the digits MLP at batch 64 on the OpenCL device three ways: our session; a naive
   OpenCL implementation (one work-item per output element, global memory only: a matmul+bias
-  kernel per layer, relu and softmax; buffers allocated once, as ours are, so only the kernels
-  differ); numpy. All are checked against onnxruntime first (1e-4). Target: naive/ours >= 5x. Per-
-  kernel device times from OpenCL profiling events, and the cost of an empty launch, say where the
+  kernel per layer with the relu folded in, as our session folds it, then softmax; buffers
+  allocated once and the input and output moved as ours are, so only the kernels differ); numpy.
+  All are checked against onnxruntime first (1e-4). Target: naive/ours >= 5x. Per-kernel device
+  times from OpenCL profiling events, and the cost of an empty launch, say where the
   time goes; a larger synthetic MLP (64-512-512-10) shows how the ratio scales with the work. The
   CNN at batch 64 runs against onnxruntime for context.
 - ``http``: three mlscore servers with default settings (the processes executor): the no-code
@@ -53,6 +54,9 @@ from unittest import mock
 # one from pocl's workers, and the OpenCL session measured 6-7.6 ms instead of 4.3 ms on the
 # 64-512-512-10 MLP whenever numpy ran in the same round. Read when OpenBLAS loads: before numpy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# pocl lists only its pthread driver unless told; the OpenCL part compares it with the basic one.
+POCL_DRIVERS = "basic pthread"
+os.environ.setdefault("POCL_DEVICES", POCL_DRIVERS)
 
 import numpy as np  # noqa: E402
 
@@ -282,20 +286,22 @@ def run_wrapper_part(args: argparse.Namespace) -> tuple[list[WrapperRow], list[B
 
 def break_down(example: Example, batch: int, session: Any, direct: Any, feed: dict[str, np.ndarray],
                args: argparse.Namespace) -> Breakdown:
-    """The wrapper's run() rebuilt from its public parts, one step at a time, all interleaved:
-    onnxruntime's run(None), run(output names), with check_inputs() in front, with the result dict,
-    and the wrapper itself (the method call on top). The differences between neighbours are what
-    each step costs where it runs, caches and all, which is more than the step alone in a loop."""
+    """The wrapper's run() rebuilt one step at a time, all interleaved: onnxruntime's run(None),
+    run(output names), the same call on its C++ session (which the wrapper makes, skipping the
+    Python checks of InferenceSession.run), with the result dict, and the wrapper itself (its check
+    that the inputs are ready arrays, and the method call). The differences between neighbours are
+    what each step costs where it runs, caches and all, which is more than the step alone in a
+    loop. check_inputs(), which only inputs that are not ready arrays go through, is timed alone."""
     from mlscore.accelerators import check_inputs
 
     names = [info.name for info in session.outputs]
     expected = session.inputs
+    core = direct._sess  # what InferenceSession.run calls after its Python checks
     steps: dict[str, Callable[[], object]] = {
         "onnxruntime run(None, feed)": lambda: direct.run(None, feed),
         "+ output names: run(names, feed)": lambda: direct.run(names, feed),
-        "+ check_inputs(): run(names, check_inputs(...))": lambda: direct.run(names, check_inputs(expected, feed)),
-        "+ result dict: dict(zip(names, ...))":
-            lambda: dict(zip(names, direct.run(names, check_inputs(expected, feed)))),
+        "− InferenceSession's Python checks: _sess.run(names, feed)": lambda: core.run(names, feed, None),
+        "+ result dict: dict(zip(names, ...))": lambda: dict(zip(names, core.run(names, feed, None))),
         "= session.run(feed) (the wrapper)": lambda: session.run(feed),
     }
     timings = time_interleaved(steps, args.blocks, args.block_ms)
@@ -321,7 +327,7 @@ def wrapper_tables(rows: list[WrapperRow], breakdowns: list[Breakdown]) -> list[
 
 def breakdown_table(breakdowns: list[Breakdown]) -> list[str]:
     """One column per (model, batch) that missed the target: each step's p50 and what it added."""
-    header = ["step (each adds one thing to the one above; all interleaved)",
+    header = ["step (each changes one thing from the one above; all interleaved)",
               *(f"{b.model.split()[0]} batch {b.batch}: p50 µs (Δ)" for b in breakdowns)]
     lines = [header, ["---", *("--:" for _ in breakdowns)]]
     for index, (label, _) in enumerate(breakdowns[0].steps):
@@ -331,7 +337,8 @@ def breakdown_table(breakdowns: list[Breakdown]) -> list[str]:
             delta = "" if index == 0 else f" ({timing.p50_us - breakdown.steps[index - 1][1].p50_us:+.2f})"
             cells.append(us(timing.p50_us) + delta)
         lines.append(cells)
-    lines.append(["check_inputs() alone, in a hot loop", *(us(b.check_inputs_alone.p50_us) for b in breakdowns)])
+    lines.append(["check_inputs() alone (inputs that are not ready arrays), in a hot loop",
+                  *(us(b.check_inputs_alone.p50_us) for b in breakdowns)])
     return ["Where the wrapper's time goes (cpu, the rows that missed):", "", markdown_table(lines), ""]
 
 
@@ -351,21 +358,17 @@ def wrapper_verdicts(rows: list[WrapperRow]) -> list[str]:
 # --------------------------------------------------------------------------- part 2: OpenCL kernels
 
 NAIVE_SOURCE = r"""
-/* y[row][col] = b[col] + sum_k x[row][k] * w[k][col]: one work-item per output, global memory only. */
+/* y[row][col] = b[col] + sum_k x[row][k] * w[k][col], then relu when asked (our session folds the
+   bias and the relu into its matrix product the same way): one work-item per output, global
+   memory only. */
 __kernel void dense(__global const float *x, __global const float *w, __global const float *b,
-                    __global float *y, const int K, const int N)
+                    __global float *y, const int K, const int N, const int relu)
 {
     const int col = get_global_id(0), row = get_global_id(1);
     float acc = b[col];
     for (int k = 0; k < K; ++k)
         acc += x[row * K + k] * w[k * N + col];
-    y[row * N + col] = acc;
-}
-
-__kernel void relu(__global const float *x, __global float *y)
-{
-    const int i = get_global_id(0);
-    y[i] = fmax(x[i], 0.0f);
+    y[row * N + col] = relu ? fmax(acc, 0.0f) : acc;
 }
 
 /* One work-item per output: each recomputes its row's maximum and sum. */
@@ -420,13 +423,46 @@ class KernelLaunch:
     local_size: tuple[int, ...] | None
 
 
+class PassIO:
+    """How a pass moves its input in and its output out, as our session does on this device: numpy
+    copies in memory the host and the kernels share (fine-grained SVM) when the device is in the
+    host's memory, else a write and a read command."""
+
+    def __init__(self, input_buffer: Any, output_buffer: Any, out_shape: tuple[int, ...],
+                 input_view: np.ndarray | None = None, output_view: np.ndarray | None = None) -> None:
+        self.input_buffer, self.output_buffer, self.out_shape = input_buffer, output_buffer, out_shape
+        self.input_view, self.output_view = input_view, output_view
+
+    def upload(self, queue: Any, x: np.ndarray) -> None:
+        import pyopencl as cl
+
+        if self.input_view is not None:
+            np.copyto(self.input_view, x)
+        else:
+            cl.enqueue_copy(queue, self.input_buffer, x, is_blocking=False)
+
+    def read_back(self, queue: Any) -> np.ndarray:
+        """The output, once everything enqueued is done."""
+        import pyopencl as cl
+
+        if self.output_view is not None:
+            queue.finish()
+            return self.output_view.copy()
+        result = np.empty(self.out_shape, np.float32)
+        cl.enqueue_copy(queue, result, self.output_buffer, is_blocking=False)
+        queue.finish()
+        return result
+
+
 class NaiveMLP:
     """The MLP on an OpenCL device with the naive kernels: weights uploaded and every buffer
     allocated once, kernels bound once; run() does what our session's run() does (upload, launches,
-    read-back into a fresh array, wait), so that only the kernels differ."""
+    read-back into a fresh array, wait, with the same PassIO), so that only the kernels differ."""
 
     def __init__(self, context: Any, device: Any, layers: list[tuple[np.ndarray, np.ndarray]], batch: int) -> None:
         import pyopencl as cl
+
+        from mlscore.accelerators.opencl.device import shares_host_memory
 
         self._cl = cl
         self.queue = cl.CommandQueue(context, device)
@@ -436,20 +472,22 @@ class NaiveMLP:
                          for w, b in layers]
         widths = [layers[0][0].shape[0], *(w.shape[1] for w, _ in layers)]
         self._buffers: list[Any] = []  # a bound kernel does not keep its buffers alive: this list does
-        self.input = self._buffer(context, batch * widths[0])
         self.out_shape = (batch, widths[-1])
+        if shares_host_memory(device):
+            input_view = cl.fsvm_empty(context, (batch, widths[0]), np.float32)
+            output_view = cl.fsvm_empty(context, self.out_shape, np.float32)
+            self.io = PassIO(cl.SVM(input_view), cl.SVM(output_view), self.out_shape, input_view, output_view)
+        else:
+            self.io = PassIO(self._buffer(context, batch * widths[0]), self._buffer(context, batch * widths[-1]),
+                             self.out_shape)
         self.launches: list[KernelLaunch] = []
-        x = self.input
+        x = self.io.input_buffer
         for index, ((w, b), (k, n)) in enumerate(zip(self._weights, zip(widths, widths[1:]), strict=True)):
             y = self._buffer(context, batch * n)
-            self._launch("dense", (n, batch), x, w, b, y, np.int32(k), np.int32(n))
+            hidden = index < len(layers) - 1
+            self._launch("dense", (n, batch), x, w, b, y, np.int32(k), np.int32(n), np.int32(hidden))
             x = y
-            if index < len(layers) - 1:
-                y = self._buffer(context, batch * n)
-                self._launch("relu", (batch * n,), x, y)
-                x = y
-        self.output = self._buffer(context, batch * widths[-1])
-        self._launch("softmax", (widths[-1], batch), x, self.output, np.int32(widths[-1]))
+        self._launch("softmax", (widths[-1], batch), x, self.io.output_buffer, np.int32(widths[-1]))
 
     def _buffer(self, context: Any, floats: int) -> Any:
         self._buffers.append(self._cl.Buffer(context, self._cl.mem_flags.READ_WRITE, floats * 4))
@@ -461,25 +499,25 @@ class NaiveMLP:
         self.launches.append(KernelLaunch(name, kernel, global_size, None))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        cl = self._cl
-        cl.enqueue_copy(self.queue, self.input, x, is_blocking=False)
+        self.io.upload(self.queue, x)
         for launch in self.launches:
-            cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
-        result = np.empty(self.out_shape, np.float32)
-        cl.enqueue_copy(self.queue, result, self.output, is_blocking=False)
-        self.queue.finish()
-        return result
+            self._cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
+        return self.io.read_back(self.queue)
 
 
-def our_launches(session: Any, feed: dict[str, np.ndarray]) -> tuple[dict[str, Any], Any, list[KernelLaunch]]:
-    """The input buffers, the output buffer and the bound kernels our session replays for these
-    inputs. Read from the session's private plan: for the profile only, never to run the model."""
+def our_launches(session: Any, feed: dict[str, np.ndarray]) -> tuple[PassIO, list[KernelLaunch]]:
+    """How our session moves the input and output, and the bound kernels it replays, for these
+    inputs (one input, one output). Read from the session's private plan: for the profile only,
+    never to run the model."""
     session.run(feed)
     plan = session._plans[tuple(array.shape for array in feed.values())]
     launches = [KernelLaunch(launch.kernel.function_name, launch.kernel, launch.global_size, launch.local_size)
                 for launch in plan.launches]
-    output = next(iter(plan.outputs.values())).buffer
-    return plan.inputs, output, launches
+    [(input_name, _)] = feed.items()
+    [(output_name, output)] = plan.outputs.items()
+    io = PassIO(plan.inputs[input_name], output.buffer, output.shape, plan.shared.get(input_name),
+                plan.shared.get(output_name))
+    return io, launches
 
 
 @dataclass
@@ -495,8 +533,8 @@ class KernelProfile:
         return sum(entry[3] for entry in self.kernels)
 
 
-def profile_pass(context: Any, device: Any, inputs: dict[str, tuple[Any, np.ndarray]], output: tuple[Any, np.ndarray],
-                 launches: list[KernelLaunch], passes: int = PROFILE_PASSES) -> KernelProfile:
+def profile_pass(context: Any, device: Any, io: PassIO, x: np.ndarray, launches: list[KernelLaunch],
+                 passes: int = PROFILE_PASSES) -> KernelProfile:
     import pyopencl as cl
 
     queue = cl.CommandQueue(context, device, properties=cl.command_queue_properties.PROFILING_ENABLE)
@@ -504,12 +542,10 @@ def profile_pass(context: Any, device: Any, inputs: dict[str, tuple[Any, np.ndar
     walls: list[float] = []
     for index in range(passes + WARMUP_CALLS):
         started = time.perf_counter_ns()
-        for buffer, host in inputs.values():
-            cl.enqueue_copy(queue, buffer, host, is_blocking=False)
+        io.upload(queue, x)
         events = [cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size)
                   for launch in launches]
-        cl.enqueue_copy(queue, output[1], output[0], is_blocking=False)
-        queue.finish()
+        io.read_back(queue)
         if index < WARMUP_CALLS:
             continue
         walls.append((time.perf_counter_ns() - started) / 1e3)
@@ -595,11 +631,11 @@ def build_big_mlp(path: Path, widths: tuple[int, ...]) -> Path:
     return path
 
 
-def compare_mlp(label: str, path: Path, x: np.ndarray, args: argparse.Namespace) -> OpenCLRow:
+def compare_mlp(label: str, path: Path, x: np.ndarray, device_name: str, args: argparse.Namespace) -> OpenCLRow:
     from mlscore.accelerators import load
 
     feed = {"input": x}
-    session = load(path, device="opencl")
+    session = load(path, device="opencl", opencl_device=device_name)
     layers = mlp_layers(path)
     naive = NaiveMLP(session.program.context, session.program.device, layers, len(x))
     cpu = direct_session(path, "cpu")
@@ -613,11 +649,10 @@ def compare_mlp(label: str, path: Path, x: np.ndarray, args: argparse.Namespace)
                                 "numpy": lambda: numpy_mlp(layers, x), "onnxruntime cpu": lambda: cpu.run(None, feed)},
                                args.blocks, args.block_ms)
     context, device = session.program.context, session.program.device
-    inputs, output, launches = our_launches(session, feed)
-    out_host = np.empty(naive.out_shape, np.float32)
+    io, launches = our_launches(session, feed)
     profiles = {
-        "ours": profile_pass(context, device, {"input": (inputs["input"], x)}, (output, out_host), launches),
-        "naive": profile_pass(context, device, {"input": (naive.input, x)}, (naive.output, out_host), naive.launches),
+        "ours": profile_pass(context, device, io, x, launches),
+        "naive": profile_pass(context, device, naive.io, x, naive.launches),
     }
     row = OpenCLRow(label, len(x), timings, errors, profiles)
     print(f"opencl: {label} batch {len(x)}: ours p50 {us(timings['ours'].p50_us)} us, naive "
@@ -625,11 +660,11 @@ def compare_mlp(label: str, path: Path, x: np.ndarray, args: argparse.Namespace)
     return row
 
 
-def compare_cnn(x: np.ndarray, args: argparse.Namespace) -> OpenCLRow:
+def compare_cnn(x: np.ndarray, device_name: str, args: argparse.Namespace) -> OpenCLRow:
     from mlscore.accelerators import load
 
     feed = {"image": x}
-    session = load(CNN, device="opencl")
+    session = load(CNN, device="opencl", opencl_device=device_name)
     cpu = direct_session(CNN, "cpu")
     reference = cpu.run(None, feed)[0]
     error = float(np.abs(session.run(feed)["probabilities"] - reference).max())
@@ -637,28 +672,36 @@ def compare_cnn(x: np.ndarray, args: argparse.Namespace) -> OpenCLRow:
         die(f"cnn: the OpenCL session differs from onnxruntime by {error:g}")
     timings = time_interleaved({"ours": lambda: session.run(feed), "onnxruntime cpu": lambda: cpu.run(None, feed)},
                                args.blocks, args.block_ms)
-    inputs, output, launches = our_launches(session, feed)
-    profile = profile_pass(session.program.context, session.program.device, {"image": (inputs["image"], x)},
-                           (output, np.empty(reference.shape, np.float32)), launches)
+    io, launches = our_launches(session, feed)
+    profile = profile_pass(session.program.context, session.program.device, io, x, launches)
     print(f"opencl: cnn batch {len(x)}: ours p50 {us(timings['ours'].p50_us)} us, onnxruntime cpu "
           f"{us(timings['onnxruntime cpu'].p50_us)} us", flush=True)
     return OpenCLRow("cnn_onnx CNN", len(x), timings, {"ours": error}, {"ours": profile})
 
 
-def run_opencl_part(args: argparse.Namespace) -> OpenCLResults | None:
-    from mlscore.accelerators import available_devices, load
+def run_opencl_part(args: argparse.Namespace) -> list[OpenCLResults]:
+    """The OpenCL comparisons on every OpenCL device, one after the other. With pocl that is both of
+    its CPU drivers (see POCL_DRIVERS): `basic` runs kernels in the calling thread, `pthread` hands
+    them to a pool of threads, which costs a wake-up per launch and pays off only for big kernels."""
+    from mlscore.accelerators import available_devices
 
-    device = next((info.name for info in available_devices() if info.kind == "opencl"), None)
-    if device is None:
+    devices = [info.name for info in available_devices() if info.kind == "opencl"]
+    if not devices:
         print("opencl: no OpenCL device here (pip install 'pyopencl[pocl]'); part skipped", flush=True)
-        return None
+        return []
+    return [run_opencl_on(device, args) for device in devices]
+
+
+def run_opencl_on(device: str, args: argparse.Namespace) -> OpenCLResults:
+    from mlscore.accelerators import load
+
     digits = EXAMPLE_MODELS[0].batch(OPENCL_BATCH)
     big_input = np.random.default_rng(1).standard_normal((OPENCL_BATCH, BIG_MLP_WIDTHS[0])).astype(np.float32)
     big_label = "synthetic MLP " + "-".join(map(str, BIG_MLP_WIDTHS)) + " (extra row)"
-    mlps = [compare_mlp(EXAMPLE_MODELS[0].name, DIGITS_MLP, digits, args),
-            compare_mlp(big_label, build_big_mlp(BIG_MLP, BIG_MLP_WIDTHS), big_input, args)]
-    cnn = compare_cnn(EXAMPLE_MODELS[1].batch(OPENCL_BATCH), args)
-    program = load(DIGITS_MLP, device="opencl").program
+    mlps = [compare_mlp(EXAMPLE_MODELS[0].name, DIGITS_MLP, digits, device, args),
+            compare_mlp(big_label, build_big_mlp(BIG_MLP, BIG_MLP_WIDTHS), big_input, device, args)]
+    cnn = compare_cnn(EXAMPLE_MODELS[1].batch(OPENCL_BATCH), device, args)
+    program = load(DIGITS_MLP, device="opencl", opencl_device=device).program
     return OpenCLResults(device, mlps, cnn, empty_launch_costs(program.context, program.device, (1, 4, 6, 9), args))
 
 
@@ -979,8 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
                  "", *wrapper_tables(rows, breakdowns)]
         verdicts += wrapper_verdicts(rows)
     if "opencl" in args.part:
-        opencl = run_opencl_part(args)
-        if opencl is not None:
+        for opencl in run_opencl_part(args):
             body += [f"### OpenCL kernels on {opencl.device}: ours against naive ones and numpy", "",
                      *opencl_tables(opencl), "What bounds the digits MLP's ratio:", "",
                      *[f"- {line}" for line in opencl_diagnosis(opencl)], ""]

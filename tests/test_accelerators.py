@@ -135,6 +135,44 @@ def test_inputs_off_the_signature_are_refused_with_the_reason(model_path, inputs
     assert message in str(raised.value)
 
 
+@pytest.mark.parametrize("inputs, message", [
+    ({"x": np.ones((1, 4), np.float32), "n": np.ones(1, np.int64)},
+     "input 'x' dimension 1 must be 3, got 4 (shape [1, 4])"),
+    ({"x": np.ones((1, 3), np.float32), "n": np.ones(1, np.int64), "z": np.ones(1)}, "unknown input 'z'"),
+    ({"x": np.ones((1, 3), np.float32), "m": np.ones(1, np.int64)}, "unknown input 'm'"),
+    ({"x": np.ones((1, 3), np.float32), "n": np.ones(1, np.float64)}, "input 'n' must be int64, got float64 values"),
+])
+def test_arrays_off_the_signature_get_the_same_reasons(model_path, inputs, message):
+    """Arrays of the right dtypes and ranks go to onnxruntime unchecked: what it refuses gets
+    check_inputs()'s reason all the same."""
+    with pytest.raises(InvalidInput) as raised:
+        load(model_path, device="cpu").run(inputs)
+    assert message in str(raised.value)
+
+
+def test_model_failure_with_valid_inputs_stays_onnxruntimes(tmp_path):
+    path = write_model(tmp_path / "reshape.onnx", [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None])],
+                       [numpy_helper.from_array(np.array([2, -1], np.int64), "shape")])
+    session = load(path, device="cpu")
+    assert session.run({"x": np.ones((2, 3), np.float32)})["y"].shape == (2, 3)
+    with pytest.raises(Exception) as raised:
+        session.run({"x": np.ones((1, 3), np.float32)})  # 3 values do not make 2 rows
+    assert not isinstance(raised.value, InvalidInput)
+    assert "Reshape" in str(raised.value) or "reshape" in str(raised.value)
+
+
+def test_strided_and_byte_swapped_arrays_score_like_plain_ones(model_path):
+    session = load(model_path, device="cpu")
+    inputs = affine_inputs(5)
+    expected = session.run(inputs)
+    views = {"x": np.repeat(inputs["x"], 2, axis=0)[::2], "n": inputs["n"].astype(">i8")}
+    outputs = session.run(views)
+    np.testing.assert_array_equal(outputs["y"], expected["y"])
+    np.testing.assert_array_equal(outputs["doubled"], expected["doubled"])
+
+
 def test_thread_count_comes_from_the_option_then_the_setting_then_the_usable_cores(monkeypatch):
     assert onnx_runtime.session_options().intra_op_num_threads == onnx_runtime.default_threads() >= 1
     monkeypatch.setenv(onnx_runtime.CPU_THREADS_ENV, "1")

@@ -205,6 +205,159 @@ def test_concurrent_runs_from_threads_each_get_their_own_results(models: dict[st
         np.testing.assert_allclose(result, want, atol=TOLERANCE)
 
 
+# ---- matrix products that finish the element-wise nodes after them ---------------------------------------
+
+
+def fused_op_types(path: Path) -> list[str]:
+    from mlscore.accelerators.opencl.graph import read_graph
+    from mlscore.accelerators.opencl.ops import build_ops
+
+    return [op.node.op_type for op in build_ops(read_graph(path))]
+
+
+def layer(folder: Path, name: str, nodes: list, outputs: list | None = None, **options: int) -> Path:
+    """x [batch, 12] -> nodes over the weights w [12, 7], bias b [1, 7], row [7] and scalar s."""
+    initializers = [weight("w", 12, 7), weight("b", 1, 7), weight("row", 7),
+                    numpy_helper.from_array(np.array(0.25, np.float32), "s")]
+    return save_model(folder, name, nodes, [float_input("x", "batch", 12)],
+                      outputs or [float_input("y", "batch", 7)], initializers, **options)
+
+
+@pytest.mark.parametrize(("nodes", "fused"), [
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])],
+     ["MatMul+Add"]),
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["row", "p"], ["y"])],  # bias first
+     ["MatMul+Add"]),
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "s"], ["y"])],  # a scalar bias
+     ["MatMul+Add"]),
+    ([helper.make_node("Gemm", ["x", "w", "row"], ["p"]), helper.make_node("Relu", ["p"], ["y"])],
+     ["Gemm+Relu"]),
+    ([helper.make_node("Gemm", ["x", "w"], ["p"], alpha=0.5), helper.make_node("Tanh", ["p"], ["y"])],
+     ["Gemm+Tanh"]),
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["q"]),
+      helper.make_node("Sigmoid", ["q"], ["y"])],
+     ["MatMul+Add+Sigmoid"]),
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Relu", ["p"], ["y"])],
+     ["MatMul+Relu"]),
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Sub", ["p", "b"], ["y"])],  # not a bias
+     ["MatMul", "Sub"]),
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "p"], ["y"])],  # not a constant
+     ["MatMul", "Add"]),
+])
+def test_element_wise_nodes_after_a_product_run_in_its_kernel(tmp_path: Path, nodes: list, fused: list[str]) -> None:
+    path = layer(tmp_path, "layer", nodes)
+    assert fused_op_types(path) == fused
+    for batch in BATCHES:
+        assert_matches_onnxruntime(path, batch)
+
+
+def test_product_read_by_a_second_node_is_not_fused(tmp_path: Path) -> None:
+    """`p` feeds the Add and the Mul: the Add cannot take it over. `q` is a model output: the Relu
+    cannot take it over either."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["q"]),
+             helper.make_node("Mul", ["p", "s"], ["scaled"]), helper.make_node("Relu", ["q"], ["r"]),
+             helper.make_node("Sub", ["r", "scaled"], ["y"])]
+    outputs = [float_input("y", "batch", 7), float_input("q", "batch", 7)]
+    path = layer(tmp_path, "shared", nodes, outputs)
+    assert fused_op_types(path) == ["MatMul", "Add", "Mul", "Relu", "Sub"]
+    for batch in BATCHES:
+        assert_matches_onnxruntime(path, batch)
+
+
+def test_convolution_runs_the_relu_after_it(models: dict[str, Path]) -> None:
+    assert fused_op_types(models["cnn"]) == ["Conv+Relu", "MaxPool", "Conv", "GlobalAveragePool", "Flatten", "Gemm",
+                                             "Softmax"]
+
+
+@pytest.mark.parametrize(("nodes", "opset", "fused"), [
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["q"]),
+      helper.make_node("Softmax", ["q"], ["y"], axis=-1)], 13, ["MatMul+Add+Softmax"]),
+    ([helper.make_node("Gemm", ["x", "w", "row"], ["p"]), helper.make_node("Softmax", ["p"], ["y"])],
+     11, ["Gemm+Softmax"]),  # before opset 13 the default axis 1 is a matrix's rows too
+    ([helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Softmax", ["p"], ["y"], axis=0)],
+     13, ["MatMul", "Softmax"]),  # along the columns: not a row's work-item's to finish
+])
+def test_a_softmax_along_short_rows_runs_in_the_products_kernel_on_cpus(tmp_path: Path, nodes: list, opset: int,
+                                                                        fused: list[str]) -> None:
+    from mlscore.accelerators.opencl.graph import read_graph
+    from mlscore.accelerators.opencl.ops import build_ops
+
+    path = layer(tmp_path, "classifier", nodes, opset=opset)
+    assert [op.node.op_type for op in build_ops(read_graph(path), row_softmax=True)] == fused
+    assert fused_op_types(path)[-1] == "Softmax"  # not where the kernel cannot hold a row (GPU tuning)
+    assert [op.node.op_type for op in opencl.load(path)._ops] == fused  # pocl runs the CPU tuning
+    for batch in BATCHES:
+        assert_matches_onnxruntime(path, batch)
+    binary = opencl.build_binary(tmp_path / "parallel.bin", tuning=opencl.PARALLEL)
+    assert_matches_onnxruntime(path, 17, opencl_binary=binary)
+
+
+def test_a_softmax_over_rows_longer_than_a_work_items_block_is_not_fused(tmp_path: Path) -> None:
+    from mlscore.accelerators.opencl.graph import read_graph
+    from mlscore.accelerators.opencl.ops import build_ops
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Softmax", ["p"], ["y"], axis=-1)]
+    path = save_model(tmp_path, "wide", nodes, [float_input("x", "batch", 12)], [float_input("y", "batch", 17)],
+                      [weight("w", 12, 17)])
+    assert [op.node.op_type for op in build_ops(read_graph(path), row_softmax=True)] == ["MatMul", "Softmax"]
+    assert_matches_onnxruntime(path, 5)
+
+
+def test_fused_products_run_from_a_prebuilt_binary_of_either_tuning(tmp_path: Path) -> None:
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["q"]),
+             helper.make_node("Sigmoid", ["q"], ["y"])]
+    path = layer(tmp_path, "layer", nodes)
+    for tuning in (opencl.SERIAL, opencl.PARALLEL):
+        binary = opencl.build_binary(tmp_path / f"{tuning.tile}-{tuning.direct_rows}.bin", tuning=tuning)
+        assert opencl.load(path, opencl_binary=binary).program.tuning == tuning
+        assert_matches_onnxruntime(path, 17, opencl_binary=binary)
+
+
+def test_shape_error_in_a_fused_node_names_it(tmp_path: Path) -> None:
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"], name="layer1"), helper.make_node("Add", ["p", "b"], ["y"])]
+    path = save_model(tmp_path, "dynamic", nodes, [float_input("x", "batch", "features")],
+                      [float_input("y", "batch", 7)], [weight("w", 12, 7), weight("b", 1, 7)])
+    with pytest.raises(InvalidInput, match=r"node 'layer1' \(MatMul\+Add\) cannot take its inputs of shapes "
+                                           r"\[2, 5\], \[12, 7\], \[1, 7\]: inner dimensions differ"):
+        opencl.load(path).run({"x": np.zeros((2, 5), np.float32)})
+
+
+# ---- moving inputs and outputs ------------------------------------------------------------------------
+
+
+def test_inputs_and_outputs_move_by_commands_where_memory_is_not_shared(models: dict[str, Path],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPUs and boards have memory of their own: write and read commands instead of shared memory."""
+    from mlscore.accelerators.opencl import session as session_module
+
+    monkeypatch.setattr(session_module, "shares_host_memory", lambda device: False)
+    for model in ("mlp", "cnn"):
+        session = opencl.load(models[model])
+        inputs = feeds(models[model], 3)
+        got = session.run(inputs)
+        assert session._plans[((3, *inputs["x"].shape[1:]),)].shared == {}
+        np.testing.assert_allclose(got["y"], reference(models[model], inputs)["y"], rtol=0, atol=TOLERANCE)
+
+
+def test_inputs_that_are_not_ready_arrays_are_checked_and_converted(models: dict[str, Path]) -> None:
+    """Lists, float64 and strided views take check_inputs()'s path; the results are the same."""
+    session = opencl.load(models["mlp"])
+    x = feeds(models["mlp"], 4)["x"]
+    expected = reference(models["mlp"], {"x": x})["y"]
+    wide = np.repeat(x, 2, axis=1)[:, ::2]  # not contiguous
+    for given in (x, x.tolist(), x.astype(np.float64), wide, x):
+        np.testing.assert_allclose(session.run({"x": given})["y"], expected, rtol=0, atol=TOLERANCE)
+
+
+def test_outputs_are_copies_that_later_runs_leave_alone(models: dict[str, Path]) -> None:
+    session = opencl.load(models["mlp"])
+    first_inputs, second_inputs = feeds(models["mlp"], 3), feeds(models["mlp"], 3)
+    first = session.run(first_inputs)["y"]
+    kept = first.copy()
+    session.run(second_inputs)
+    np.testing.assert_array_equal(first, kept)
+
+
 # ---- buffers --------------------------------------------------------------------------------------------
 
 

@@ -23,11 +23,14 @@ Options of `load()`:
 
 The program holds every kernel (ops.py lists the operators), is built once per device and shared
 by every session on it. Its work shapes (kernels.Tuning) suit the device's type: many work-items
-per matrix tile on GPUs and accelerators, one fat one on CPUs; a binary reports the shapes it was
-compiled with, and `build_binary(tuning=...)` picks others. Weights go to the device once at load.
-Each input shape gets a plan (shapes inferred, intermediate buffers shared between tensors whose
-lifetimes do not overlap, kernel arguments bound) that later runs of that shape replay. How runs
-from several threads share a session: see session.py. A CPU device for development and CI:
+per matrix tile staged in local memory on GPUs and accelerators; on CPUs, matrix products straight
+from global memory, 16 x 16 outputs a work-item; a binary reports the shapes it was compiled with,
+and `build_binary(tuning=...)` picks others. Weights go to the device once at load. The
+element-wise nodes that only finish a matrix product (MatMul's bias Add, then a Relu, Sigmoid or
+Tanh) run in its kernel: one launch per layer of an MLP. Each input shape gets a plan (shapes
+inferred, intermediate buffers shared between tensors whose lifetimes do not overlap, kernel
+arguments bound) that later runs of that shape replay. How runs from several threads share a
+session, and what else a run costs: see session.py. A CPU device for development and CI:
 `pip install 'pyopencl[pocl]'` (pocl keeps its compiled kernels in ~/.cache/pocl).
 """
 

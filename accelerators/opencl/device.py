@@ -49,6 +49,18 @@ def device_type(device: Any) -> str:
     return next((name for name, bit in _TYPES if device.type & bit), "OTHER")
 
 
+def shares_host_memory(device: Any) -> bool:
+    """Whether the device is a CPU with fine-grained buffer SVM: memory that the host and the
+    kernels both address, with no map or copy command in between (pocl's CPU device has it)."""
+    import pyopencl as cl
+
+    try:
+        fine_grained = bool(device.svm_capabilities & cl.device_svm_capabilities.FINE_GRAIN_BUFFER)
+    except (cl.Error, AttributeError):  # OpenCL 1.x devices, or a pyopencl built without SVM
+        return False
+    return fine_grained and device_type(device) == "CPU"
+
+
 def choose_device(wanted: int | str | None) -> Any:
     """The device `opencl_device=` names: an index into all devices, or a case-insensitive substring
     of "platform device"; by default the first GPU or accelerator (an FPGA board), else the first."""

@@ -16,6 +16,9 @@ class Tuning:
     work_per_item: int  # outputs per work-item along each side of that block (register blocking)
     tile_k: int  # depth of the slices of both operands staged in local memory per step
     reduce_group: int  # work-items that share one GlobalAveragePool channel
+    # > 0: matrix products run `gemm_direct` instead, each work-item computing this many rows by
+    # DIRECT_COLUMNS columns straight from global memory, its partial sums in vector registers.
+    direct_rows: int = 0
 
     @property
     def gemm_group(self) -> tuple[int, int, int]:
@@ -24,14 +27,26 @@ class Tuning:
 
     def defines(self) -> str:
         return (f"#define TILE {self.tile}\n#define WORK_PER_ITEM {self.work_per_item}\n"
-                f"#define TILE_K {self.tile_k}\n#define REDUCE_GROUP {self.reduce_group}\n")
+                f"#define TILE_K {self.tile_k}\n#define REDUCE_GROUP {self.reduce_group}\n"
+                f"#define DIRECT_ROWS_USED {self.direct_rows}\n#define DIRECT_ROWS {max(self.direct_rows, 1)}\n")
 
 
 # GPUs (and FPGA pipelines) want many work-items: 8 x 8 per 32 x 32 block, 4 x 4 outputs each.
 PARALLEL = Tuning(tile=32, work_per_item=4, tile_k=16, reduce_group=64)
-# CPU runtimes run the work-items of a group as iterations of a loop, so one fat work-item per
-# block, with no reduction tree, beats many thin ones: the matrix products ran 3-5x faster on pocl.
-SERIAL = Tuning(tile=32, work_per_item=32, tile_k=32, reduce_group=1)
+# CPU runtimes run the work-items of a group as iterations of a loop, so fat work-items with no
+# reduction tree beat many thin ones, and local memory is only a copy of what the caches hold:
+# matrix products go straight from global memory, 16 rows by 16 columns a work-item (16 AVX-512
+# registers of sums), 2.5-3.7x faster than the tiled kernel's one work-item per 32 x 32 block on pocl.
+SERIAL = Tuning(tile=32, work_per_item=32, tile_k=32, reduce_group=1, direct_rows=16)
+
+# Columns of the block a `gemm_direct` work-item computes: one float16 vector per row.
+DIRECT_COLUMNS = 16
+
+# What the matrix-product kernels can apply to each output before storing it (GemmLayout's
+# activation): 0 for nothing, else 1 + the index here. The expressions are UNARY's.
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+# gemm_direct only, when a work-item holds whole rows: a softmax along each row.
+ROW_SOFTMAX = len(ACTIVATIONS) + 1
 
 # The unary and binary element-wise kernels, as `unary_<name>` / `binary_<name>`, with their
 # OpenCL C expressions over `v` (unary) or `u` and `v` (binary).
@@ -40,7 +55,10 @@ BINARY = {"add": "u + v", "sub": "u - v", "mul": "u * v", "div": "u / v"}
 
 _BODY = r"""
 #define ITEMS (TILE / WORK_PER_ITEM)
+#define ROW_SOFTMAX ROW_SOFTMAX_CODE
 #define TILE_PAD (TILE + 1)
+
+ACTIVATE_FUNCTION
 
 /* Stages rows [row0, row0 + TILE) and depths [k0, k0 + TILE_K) of a strided matrix in local memory
    as tile[k * TILE_PAD + row], zero outside the matrix. Consecutive work-items read consecutive
@@ -59,29 +77,34 @@ void stage_tile(__local float *tile, __global const float *matrix, const int row
     }
 }
 
-/* Y = alpha * A.B + beta * C for a batch of M x K by K x N products. Every operand is addressed by
-   strides, so transposes, broadcast bias rows or columns, grouped convolutions and batched MatMul
-   are all this one kernel. The batch index splits into (outer, inner) = (z / inner, z % inner),
-   each with its own stride per operand. A work-group computes a TILE x TILE block of Y, each
-   work-item WORK_PER_ITEM x WORK_PER_ITEM outputs of it, from TILE_K-deep slices in local memory.
-   Y is dense: row stride N. */
+/* Where a batch of matrix products finds its operands (ops.launch_gemm lays it out), and what it
+   applies to each output. Passed by value: pocl's launches cost more with every argument. */
+typedef struct {
+    int m, n, k, inner, activation;
+    int a_offset, a_m, a_k, a_outer, a_inner;
+    int b_offset, b_k, b_n, b_outer, b_inner;
+    int c_offset, c_m, c_n, c_outer, c_inner;
+    int y_offset, y_outer, y_inner;
+} GemmLayout;
+
+/* Y = activation(alpha * A.B + beta * C) for a batch of M x K by K x N products. Every operand is
+   addressed by strides, so transposes, broadcast bias rows or columns, grouped convolutions and
+   batched MatMul are all this one kernel. The batch index splits into (outer, inner) =
+   (z / inner, z % inner), each with its own stride per operand. A work-group computes a
+   TILE x TILE block of Y, each work-item WORK_PER_ITEM x WORK_PER_ITEM outputs of it, from
+   TILE_K-deep slices in local memory. Y is dense: row stride N. */
 __kernel __attribute__((reqd_work_group_size(ITEMS, ITEMS, 1)))
-void gemm(const int M, const int N, const int K, const float alpha, const float beta, const int inner,
-          __global const float *A, const int a_offset, const int a_m, const int a_k,
-          const int a_outer, const int a_inner,
-          __global const float *B, const int b_offset, const int b_k, const int b_n,
-          const int b_outer, const int b_inner,
-          __global const float *C, const int c_offset, const int c_m, const int c_n,
-          const int c_outer, const int c_inner,
-          __global float *Y, const int y_offset, const int y_outer, const int y_inner)
+void gemm(const GemmLayout p, const float alpha, const float beta, __global const float *A,
+          __global const float *B, __global const float *C, __global float *Y)
 {
     __local float a_tile[TILE_K * TILE_PAD];
     __local float b_tile[TILE_K * TILE_PAD];
-    const int outer_index = get_global_id(2) / inner, inner_index = get_global_id(2) % inner;
-    A += a_offset + outer_index * a_outer + inner_index * a_inner;
-    B += b_offset + outer_index * b_outer + inner_index * b_inner;
-    C += c_offset + outer_index * c_outer + inner_index * c_inner;
-    Y += y_offset + outer_index * y_outer + inner_index * y_inner;
+    const int M = p.m, N = p.n, K = p.k;
+    const int outer_index = get_global_id(2) / p.inner, inner_index = get_global_id(2) % p.inner;
+    A += p.a_offset + outer_index * p.a_outer + inner_index * p.a_inner;
+    B += p.b_offset + outer_index * p.b_outer + inner_index * p.b_inner;
+    C += p.c_offset + outer_index * p.c_outer + inner_index * p.c_inner;
+    Y += p.y_offset + outer_index * p.y_outer + inner_index * p.y_inner;
     const int tx = get_local_id(0), ty = get_local_id(1);
     const int row0 = get_group_id(1) * TILE, col0 = get_group_id(0) * TILE;
 
@@ -91,8 +114,8 @@ void gemm(const int M, const int N, const int K, const float alpha, const float 
             acc[i][j] = 0.0f;
 
     for (int k0 = 0; k0 < K; k0 += TILE_K) {
-        stage_tile(a_tile, A, M, K, a_m, a_k, row0, k0);
-        stage_tile(b_tile, B, N, K, b_n, b_k, col0, k0);
+        stage_tile(a_tile, A, M, K, p.a_m, p.a_k, row0, k0);
+        stage_tile(b_tile, B, N, K, p.b_n, p.b_k, col0, k0);
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int k = 0; k < TILE_K; ++k) {
             float b[WORK_PER_ITEM];
@@ -115,8 +138,80 @@ void gemm(const int M, const int N, const int K, const float alpha, const float 
                 continue;
             float value = alpha * acc[i][j];
             if (beta != 0.0f)
-                value += beta * C[row * c_m + col * c_n];
-            Y[row * N + col] = value;
+                value += beta * C[row * p.c_m + col * p.c_n];
+            Y[row * N + col] = activate(value, p.activation);
+        }
+    }
+}
+
+/* The same product as gemm, for CPUs: no local memory, no barriers. A work-item computes
+   DIRECT_ROWS x DIRECT_COLUMNS outputs, one float16 of partial sums per row, reading B's rows as
+   vectors when they are contiguous and whole. Rows past M repeat the last row's loads (cheaper than
+   testing them) and are not stored. Global size (ceil(N / 16), ceil(M / DIRECT_ROWS), batches). */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void gemm_direct(const GemmLayout p, const float alpha, const float beta, __global const float *A,
+                 __global const float *B, __global const float *C, __global float *Y)
+{
+    const int M = p.m, N = p.n, K = p.k, a_m = p.a_m, a_k = p.a_k, b_k = p.b_k, b_n = p.b_n;
+    const int outer_index = get_global_id(2) / p.inner, inner_index = get_global_id(2) % p.inner;
+    A += p.a_offset + outer_index * p.a_outer + inner_index * p.a_inner;
+    B += p.b_offset + outer_index * p.b_outer + inner_index * p.b_inner;
+    C += p.c_offset + outer_index * p.c_outer + inner_index * p.c_inner;
+    Y += p.y_offset + outer_index * p.y_outer + inner_index * p.y_inner;
+    const int col0 = get_global_id(0) * 16, row0 = get_global_id(1) * DIRECT_ROWS;
+
+    int a_rows[DIRECT_ROWS];
+    float16 acc[DIRECT_ROWS];
+    #pragma unroll
+    for (int i = 0; i < DIRECT_ROWS; ++i) {
+        a_rows[i] = min(row0 + i, M - 1) * a_m;
+        acc[i] = (float16)(0.0f);
+    }
+    /* a * b + acc rather than fma(): pocl's vector fma took twice as long. */
+    if (b_n == 1 && col0 + 16 <= N) {
+        for (int k = 0; k < K; ++k) {
+            const float16 b = vload16(0, B + k * b_k + col0);
+            #pragma unroll
+            for (int i = 0; i < DIRECT_ROWS; ++i)
+                acc[i] += A[a_rows[i] + k * a_k] * b;
+        }
+    } else {
+        for (int k = 0; k < K; ++k) {
+            float b_row[16];
+            for (int j = 0; j < 16; ++j)
+                b_row[j] = col0 + j < N ? B[k * b_k + (col0 + j) * b_n] : 0.0f;
+            const float16 b = vload16(0, b_row);
+            #pragma unroll
+            for (int i = 0; i < DIRECT_ROWS; ++i)
+                acc[i] += A[a_rows[i] + k * a_k] * b;
+        }
+    }
+
+    for (int i = 0; i < DIRECT_ROWS && row0 + i < M; ++i) {
+        const int row = row0 + i;
+        float sums[16];
+        vstore16(acc[i], 0, sums);
+        if (p.activation == ROW_SOFTMAX) {
+            /* The whole row is in this work-item (N <= 16, so col0 is 0): finish it with a softmax. */
+            float top = -INFINITY, total = 0.0f;
+            for (int j = 0; j < N; ++j) {
+                sums[j] = alpha * sums[j] + (beta != 0.0f ? beta * C[row * p.c_m + j * p.c_n] : 0.0f);
+                top = fmax(top, sums[j]);
+            }
+            for (int j = 0; j < N; ++j) {
+                sums[j] = exp(sums[j] - top);
+                total += sums[j];
+            }
+            for (int j = 0; j < N; ++j)
+                Y[row * N + j] = sums[j] / total;
+            continue;
+        }
+        for (int j = 0; j < 16 && col0 + j < N; ++j) {
+            const int col = col0 + j;
+            float value = alpha * sums[j];
+            if (beta != 0.0f)
+                value += beta * C[row * p.c_m + col * p.c_n];
+            Y[row * N + col] = activate(value, p.activation);
         }
     }
 }
@@ -184,7 +279,8 @@ void global_average_pool(__global const float *x, __global float *y, const int c
 }
 
 /* Softmax over the middle axis of an (outer, length, inner) view, one work-item per row; the
-   maximum is subtracted first so that exp never overflows. Global size outer * inner. */
+   maximum is subtracted first so that exp never overflows, and each exp is computed once, kept in
+   y until the sum is known. Global size outer * inner. */
 __kernel void softmax(__global const float *x, __global float *y, const int length, const int inner)
 {
     const int row = get_global_id(0);
@@ -193,10 +289,13 @@ __kernel void softmax(__global const float *x, __global float *y, const int leng
     for (int i = 0; i < length; ++i)
         top = fmax(top, x[start + i * inner]);
     float sum = 0.0f;
+    for (int i = 0; i < length; ++i) {
+        const float e = exp(x[start + i * inner] - top);
+        y[start + i * inner] = e;
+        sum += e;
+    }
     for (int i = 0; i < length; ++i)
-        sum += exp(x[start + i * inner] - top);
-    for (int i = 0; i < length; ++i)
-        y[start + i * inner] = exp(x[start + i * inner] - top) / sum;
+        y[start + i * inner] /= sum;
 }
 
 /* Where output element `index` reads its two operands under numpy broadcasting. `layout` holds
@@ -224,6 +323,7 @@ __kernel void program_info(__global uint *info)
     info[2] = WORK_PER_ITEM;
     info[3] = TILE_K;
     info[4] = REDUCE_GROUP;
+    info[5] = DIRECT_ROWS_USED;
 }
 """
 
@@ -249,10 +349,25 @@ __kernel void binary_{name}(__global const float *a, __global const float *b, __
 """
 
 
+_ACTIVATE = """
+/* A matrix product's epilogue: 0 leaves the value, 1 + i applies ACTIVATIONS[i]. */
+float activate(const float v, const int activation)
+{{
+    switch (activation) {{
+{cases}
+    default: return v;
+    }}
+}}
+"""
+
+
 def _kernels() -> str:
     elementwise = [*(_UNARY_KERNEL.format(name=name, expression=expression) for name, expression in UNARY.items()),
                    *(_BINARY_KERNEL.format(name=name, expression=expression) for name, expression in BINARY.items())]
-    return _BODY.replace("ELEMENTWISE_KERNELS\n", "".join(elementwise))
+    cases = "\n".join(f"    case {code}: return {UNARY[name]};" for code, name in enumerate(ACTIVATIONS, start=1))
+    return (_BODY.replace("ACTIVATE_FUNCTION\n", _ACTIVATE.format(cases=cases))
+            .replace("ROW_SOFTMAX_CODE", str(ROW_SOFTMAX))
+            .replace("ELEMENTWISE_KERNELS\n", "".join(elementwise)))
 
 
 def abi_stamp() -> int:
@@ -266,5 +381,5 @@ def kernel_source(tuning: Tuning = PARALLEL) -> str:
     return f"#define MLSCORE_ABI {abi_stamp()}u\n" + tuning.defines() + _kernels()
 
 
-KERNEL_NAMES = frozenset({"gemm", "im2col", "max_pool", "global_average_pool", "softmax", "program_info",
+KERNEL_NAMES = frozenset({"gemm", "gemm_direct", "im2col", "max_pool", "global_average_pool", "softmax", "program_info",
                           *(f"unary_{name}" for name in UNARY), *(f"binary_{name}" for name in BINARY)})

@@ -8,14 +8,14 @@ their input's buffer under another shape.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, NoReturn, Protocol, Sequence
 
 import numpy as np
 
 from mlscore.accelerators.base import UnsupportedModel
 from mlscore.accelerators.opencl.graph import Graph, Node
-from mlscore.accelerators.opencl.kernels import Tuning
+from mlscore.accelerators.opencl.kernels import ACTIVATIONS, DIRECT_COLUMNS, ROW_SOFTMAX, Tuning
 
 Shape = tuple[int, ...]
 
@@ -36,7 +36,8 @@ class Encoder(Protocol):
     tuning: Tuning  # the work shapes the program was compiled with
 
     def launch(self, kernel: str, global_size: Sequence[int], local_size: Sequence[int] | None, *args: Any) -> None:
-        """Bind `args` (buffers, ints as int32, floats as float32) to a kernel launched on every run."""
+        """Bind `args` (buffers, ints as int32, floats as float32, int32 arrays by value as the
+        struct they lay out) to a kernel launched on every run."""
 
     def scratch(self, shape: Shape) -> Tensor:
         """A float32 buffer for use within this operator's launches only."""
@@ -151,21 +152,59 @@ class Operand:
 
 def launch_gemm(encoder: Encoder, m: int, n: int, k: int, a: Operand, b: Operand, y: Operand,
                 bias: Operand | None = None, alpha: float = 1.0, beta: float = 1.0,
-                batches: tuple[int, int] = (1, 1)) -> None:
-    """Y = alpha * A.B + beta * bias, for outer x inner products of M x K by K x N. Y is dense
-    (its strides are (n, 1)); a missing bias is never read."""
+                batches: tuple[int, int] = (1, 1), activation: int = 0) -> None:
+    """Y = activation(alpha * A.B + beta * bias), for outer x inner products of M x K by K x N,
+    `activation` 0 or 1 + an index into kernels.ACTIVATIONS. Y is dense (its strides are (n, 1));
+    a missing bias is never read. The program's tuning picks the kernel: tiled, or direct on CPUs."""
     if bias is None:
         bias, beta = Operand(y.buffer, (0, 0)), 0.0
-    tile, group = encoder.tuning.tile, encoder.tuning.gemm_group
-    items = (math.ceil(n / tile) * group[0], math.ceil(m / tile) * group[1], batches[0] * batches[1])
-    encoder.launch("gemm", items, group, m, n, k, float(alpha), float(beta), batches[1],
-                   a.buffer, a.offset, *a.strides, *a.batch,
-                   b.buffer, b.offset, *b.strides, *b.batch,
-                   bias.buffer, bias.offset, *bias.strides, *bias.batch,
-                   y.buffer, y.offset, *y.batch)
+    tuning = encoder.tuning
+    if tuning.direct_rows:
+        kernel, group = "gemm_direct", (1, 1, 1)
+        items = (math.ceil(n / DIRECT_COLUMNS), math.ceil(m / tuning.direct_rows), batches[0] * batches[1])
+    else:
+        kernel, group = "gemm", tuning.gemm_group
+        items = (math.ceil(n / tuning.tile) * group[0], math.ceil(m / tuning.tile) * group[1],
+                 batches[0] * batches[1])
+    layout = np.array([m, n, k, batches[1], activation, a.offset, *a.strides, *a.batch, b.offset, *b.strides,
+                       *b.batch, bias.offset, *bias.strides, *bias.batch, y.offset, *y.batch], np.int32)
+    encoder.launch(kernel, items, group, layout, float(alpha), float(beta), a.buffer, b.buffer, bias.buffer, y.buffer)
 
 
-class Gemm(Op):
+class Product(Op):
+    """An operator whose work is the matrix-product kernel. fuse_epilogues() may hand it the
+    element-wise nodes that only finish its output, which the kernel then applies to each value
+    as it stores it; its node takes on their extra input, their output and their names (op_type
+    "MatMul+Add+Relu"), so that errors name what runs."""
+
+    def __init__(self, node: Node, constants: Mapping[str, np.ndarray], opset: int) -> None:
+        super().__init__(node, constants, opset)
+        self.activation = 0  # 0, or 1 + the index in kernels.ACTIVATIONS of what the kernel applies
+
+    def absorb(self, node: Node, constant: str | None = None) -> None:
+        """Compute `node` too: it reads only this op's output and, when given, `constant`."""
+        inputs = self.node.inputs + ((constant,) if constant else ())
+        self.node = replace(self.node, op_type=f"{self.node.op_type}+{node.op_type}", inputs=inputs,
+                            outputs=node.outputs)
+        if node.op_type.lower() in ACTIVATIONS:
+            self.activation = ACTIVATIONS.index(node.op_type.lower()) + 1
+        elif node.op_type == "Softmax":
+            self.activation = ROW_SOFTMAX
+
+    def rows_fit(self, softmax: "Softmax", constants: Mapping[str, np.ndarray]) -> bool:
+        """Whether `softmax` runs along this product's rows of at most DIRECT_COLUMNS values, so
+        that the work-item that computes a row can finish it: the product's columns come from a
+        constant 2-D weight matrix, and the softmax is along the last axis."""
+        return False
+
+    def _columns_of_constant(self, name: str, constants: Mapping[str, np.ndarray], transposed: bool) -> int | None:
+        weights = constants.get(name)
+        if weights is None or weights.ndim != 2:
+            return None
+        return int(weights.shape[0] if transposed else weights.shape[1])
+
+
+class Gemm(Product):
     op_type = "Gemm"
     attributes = frozenset({"alpha", "beta", "transA", "transB"})
     arity = (2, 3)
@@ -190,6 +229,10 @@ class Gemm(Op):
             raise ShapeError(f"C {list(c)} does not broadcast to the product's shape {[m, n]}")
         return (m, n)
 
+    def rows_fit(self, softmax: "Softmax", constants: Mapping[str, np.ndarray]) -> bool:
+        columns = self._columns_of_constant(self.node.inputs[1], constants, self.trans_b)
+        return columns is not None and columns <= DIRECT_COLUMNS and softmax.axis in (1, -1)
+
     def encode(self, encoder: Encoder, inputs: Sequence[Tensor | None], output: Tensor) -> None:
         a, b = inputs[0], inputs[1]
         m, n = output.shape
@@ -199,23 +242,44 @@ class Gemm(Op):
         c = inputs[2] if len(inputs) > 2 else None
         bias = None if c is None else Operand(c.buffer, broadcast_strides(c.shape, (m, n)))
         launch_gemm(encoder, m, n, k, Operand(a.buffer, a_strides), Operand(b.buffer, b_strides),
-                    Operand(output.buffer, (n, 1)), bias, self.alpha, self.beta)
+                    Operand(output.buffer, (n, 1)), bias, self.alpha, self.beta, activation=self.activation)
 
 
-class MatMul(Op):
-    """numpy's matmul: 1-D operands promoted, batch dimensions broadcast."""
+class MatMul(Product):
+    """numpy's matmul: 1-D operands promoted, batch dimensions broadcast. Once fused with the Add
+    after it, a third input: the bias (see bias_of)."""
 
     op_type = "MatMul"
     arity = (2, 2)
 
     def infer(self, shapes: Sequence[Shape | None]) -> Shape:
-        a, b = shapes
+        a, b = shapes[0], shapes[1]
         if not a or not b:
             raise ShapeError("MatMul needs operands of rank 1 or more")
         batch, m, k, k_b, n = self._dims(a, b)
         if k != k_b:
             raise ShapeError(f"inner dimensions differ: {list(a)} and {list(b)}")
-        return batch + ((m,) if len(a) > 1 else ()) + ((n,) if len(b) > 1 else ())
+        product = batch + ((m,) if len(a) > 1 else ()) + ((n,) if len(b) > 1 else ())
+        # A bias of shape [1, ..., 1, n] adds leading 1s at most: the values are laid out alike.
+        return broadcast_shape(product, shapes[2]) if len(shapes) > 2 else product
+
+    def bias_of(self, add: Op, constants: Mapping[str, np.ndarray]) -> str | None:
+        """The input of `add` (which reads this op's output) that the kernel can add as it stores
+        each value: a constant of shape [1, ..., 1, n] or [1, ..., 1] when B is a constant n-column
+        matrix, the layer of an MLP. None for anything else."""
+        weights, product = constants.get(self.node.inputs[1]), self.node.outputs[0]
+        other = [name for name in add.node.inputs if name != product]
+        if weights is None or weights.ndim != 2 or len(other) != 1 or other[0] not in constants:
+            return None
+        shape = constants[other[0]].shape
+        if any(dim != 1 for dim in shape[:-1]) or shape[-1:] not in ((), (1,), (weights.shape[1],)):
+            return None
+        return other[0]
+
+    def rows_fit(self, softmax: "Softmax", constants: Mapping[str, np.ndarray]) -> bool:
+        # Softmax before opset 13 flattens from its axis on, so only axis -1 is surely the rows.
+        columns = self._columns_of_constant(self.node.inputs[1], constants, False)
+        return columns is not None and columns <= DIRECT_COLUMNS and softmax.axis == -1
 
     @staticmethod
     def _dims(a: Shape, b: Shape) -> tuple[Shape, int, int, int, int]:
@@ -224,16 +288,19 @@ class MatMul(Op):
         return broadcast_shape(a2[:-2], b2[:-2]), a2[-2], a2[-1], b2[-2], b2[-1]
 
     def encode(self, encoder: Encoder, inputs: Sequence[Tensor | None], output: Tensor) -> None:
-        a, b = inputs
+        a, b = inputs[0], inputs[1]
         batch, m, k, _, n = self._dims(a.shape, b.shape)
         a_batch = a.shape[:-2] if len(a.shape) > 1 else ()
         b_batch = b.shape[:-2] if len(b.shape) > 1 else ()
         y = Operand(output.buffer, (n, 1))
+        c = inputs[2] if len(inputs) > 2 else None
+        bias = None if c is None else Operand(c.buffer, (0, 1 if c.shape[-1:] == (n,) and n > 1 else 0))
         if size_of(b_batch) == 1:
             # One weight matrix for the whole batch: fold the batch into the rows, so that a
             # batch of single rows fills tiles instead of wasting one tile each.
             rows = size_of(a_batch) * m
-            launch_gemm(encoder, rows, n, k, Operand(a.buffer, (k, 1)), Operand(b.buffer, (n, 1)), y)
+            launch_gemm(encoder, rows, n, k, Operand(a.buffer, (k, 1)), Operand(b.buffer, (n, 1)), y, bias,
+                        activation=self.activation)
             return
         dims, (a_steps, b_steps, y_steps) = collapse(batch, broadcast_strides(a_batch, batch, m * k),
                                                      broadcast_strides(b_batch, batch, k * n),
@@ -244,7 +311,7 @@ class MatMul(Op):
         dims, steps = [1] * (2 - len(dims)) + dims, [[0] * (2 - len(dims)) + s for s in (a_steps, b_steps, y_steps)]
         launch_gemm(encoder, m, n, k, Operand(a.buffer, (k, 1), batch=tuple(steps[0])),
                     Operand(b.buffer, (n, 1), batch=tuple(steps[1])), Operand(y.buffer, (n, 1), batch=tuple(steps[2])),
-                    batches=(dims[0], dims[1]))
+                    bias, batches=(dims[0], dims[1]), activation=self.activation)
 
 
 # ---- convolution and pooling ---------------------------------------------------------------------------
@@ -310,7 +377,7 @@ def require_nchw(shape: Shape, what: str) -> None:
         raise ShapeError(f"{what} must be 4-D (N, C, H, W), got {list(shape)}")
 
 
-class Conv(Op):
+class Conv(Product):
     """2-D convolution, any group count (depthwise included), as im2col and the tiled GEMM: one
     product per image and group. A 1x1 convolution without stride or padding skips im2col."""
 
@@ -373,7 +440,7 @@ class Conv(Op):
                     Operand(cols, (plane, 1), batch=(depth * plane, group_depth * plane)),
                     Operand(output.buffer, (plane, 1), batch=(out_channels * plane, rows * plane)),
                     None if bias is None else Operand(bias.buffer, (1, 0), batch=(0, rows)),
-                    batches=(batch, self.groups))
+                    batches=(batch, self.groups), activation=self.activation)
 
 
 class MaxPool(Op):
@@ -576,9 +643,10 @@ OPS: dict[str, type[Op]] = {op.op_type: op for op in (
 SUPPORTED = sorted([*OPS, "Constant"])  # Constant nodes become constants when the model is read
 
 
-def build_ops(graph: Graph) -> list[Op]:
+def build_ops(graph: Graph, row_softmax: bool = False) -> list[Op]:
     """An operator per node, or UnsupportedModel naming every operator the backend lacks (with the
-    list of those it has) or the first node whose attributes or constant inputs it cannot take."""
+    list of those it has) or the first node whose attributes or constant inputs it cannot take.
+    `row_softmax`: the program's matrix products can finish a row with a softmax (gemm_direct)."""
     missing = sorted({node.op_type for node in graph.nodes if node.op_type not in OPS})
     if missing:
         raise UnsupportedModel(f"unsupported operator{'s' * (len(missing) > 1)} {', '.join(missing)}; "
@@ -589,4 +657,43 @@ def build_ops(graph: Graph) -> list[Op]:
             value = graph.constants.get(name)
             if value is not None and value.dtype != np.float32:
                 op.reject(f"constant input {name!r} is {value.dtype.name}; this backend computes in float32 only")
-    return ops
+    return fuse_epilogues(ops, graph, row_softmax)
+
+
+_ACTIVATION_OPS = (Relu, Sigmoid, Tanh)
+
+
+def fuse_epilogues(ops: list[Op], graph: Graph, row_softmax: bool = False) -> list[Op]:
+    """`ops` with the element-wise nodes that only finish a matrix product folded into its kernel:
+    the Add of a bias after a MatMul by a constant matrix (see MatMul.bias_of), then a Relu, Sigmoid
+    or Tanh after any product. A node folds when it is the only reader of the product's output and
+    the model does not output that tensor. With `row_softmax`, a Softmax along the rows of a
+    product whose rows fit one work-item (a classifier's last layer) folds too. One launch instead
+    of up to three, and no tensors in between: on pocl a launch costs more than such an epilogue."""
+    readers: dict[str, list[Op]] = {}
+    for op in ops:
+        for name in dict.fromkeys(op.node.inputs):
+            readers.setdefault(name, []).append(op)
+    outputs = set(graph.output_names)
+
+    def only_reader(tensor: str) -> Op | None:
+        found = readers.get(tensor, [])
+        return found[0] if len(found) == 1 and tensor not in outputs else None
+
+    folded: set[int] = set()
+    for op in ops:
+        if not isinstance(op, Product):
+            continue
+        follower = only_reader(op.node.outputs[0])
+        bias = op.bias_of(follower, graph.constants) if isinstance(op, MatMul) and isinstance(follower, Add) else None
+        if bias is not None:
+            op.absorb(follower.node, bias)
+            folded.add(id(follower))
+            follower = only_reader(op.node.outputs[0])
+        if isinstance(follower, _ACTIVATION_OPS):
+            op.absorb(follower.node)
+            folded.add(id(follower))
+        elif row_softmax and isinstance(follower, Softmax) and op.rows_fit(follower, graph.constants):
+            op.absorb(follower.node)
+            folded.add(id(follower))
+    return [op for op in ops if id(op) not in folded]

@@ -35,7 +35,7 @@ class Program:
 
 
 _contexts: dict[Any, Any] = {}
-_programs: dict[tuple[Any, Any], Program] = {}
+_programs: dict[tuple[Any, ...], Program] = {}
 _lock = threading.Lock()
 
 
@@ -52,13 +52,14 @@ def built_program(device: Any, tuning: Tuning | None = None) -> Program:
 
 def loaded_program(device: Any, path: Path) -> Program:
     """The program in the prebuilt binary at `path`, checked to be for `device` and to hold this
-    version of our kernels; loaded once per device and binary content."""
+    version of our kernels; loaded once per device, binary content and path (the path is the
+    program's origin, which errors name)."""
     data = _read_binary(path)
-    key = (device, hashlib.sha256(data).hexdigest())
+    key = (device, hashlib.sha256(data).hexdigest(), str(path))
     return _cached(key, device, str(path), lambda context: _load_binary(context, device, data, path))
 
 
-def _cached(key: tuple[Any, Any], device: Any, origin: str, make: Callable[[Any], Any]) -> Program:
+def _cached(key: tuple[Any, ...], device: Any, origin: str, make: Callable[[Any], Any]) -> Program:
     with _lock:
         if key not in _programs:
             context = _contexts.setdefault(device, cl.Context([device]))
@@ -101,7 +102,7 @@ def _load_binary(context: Any, device: Any, data: bytes, path: Path) -> Any:
 
 def _tuning_of(context: Any, program: Any, origin: str) -> Tuning:
     """The work shapes the program was compiled with, after checking it holds this version of the kernels."""
-    info = np.zeros(5, np.uint32)
+    info = np.zeros(6, np.uint32)
     buffer = cl.Buffer(context, cl.mem_flags.WRITE_ONLY, info.nbytes)
     kernel = cl.Kernel(program, "program_info")
     kernel.set_args(buffer)
@@ -109,11 +110,11 @@ def _tuning_of(context: Any, program: Any, origin: str) -> Tuning:
     cl.enqueue_nd_range_kernel(queue, kernel, (1,), None)
     cl.enqueue_copy(queue, info, buffer)
     queue.finish()
-    stamp, tile, work_per_item, tile_k, reduce_group = (int(value) for value in info)
+    stamp, tile, work_per_item, tile_k, reduce_group, direct_rows = (int(value) for value in info)
     if stamp != abi_stamp():
         raise AcceleratorError(f"the program from {origin} holds another version of mlscore's kernels "
                                f"(stamp {stamp}, this version's is {abi_stamp()}): rebuild it")
-    return Tuning(tile, work_per_item, tile_k, reduce_group)
+    return Tuning(tile, work_per_item, tile_k, reduce_group, direct_rows)
 
 
 def _first_line(error: Exception) -> str:
