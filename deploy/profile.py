@@ -33,8 +33,9 @@ from typing import Any
 
 from mlscore.deploy.configs import ConfigError, InferenceConfig, LocalConfig, load_inference_config, to_settings_env
 from mlscore.deploy.layout import lay_out_models
-from mlscore.deploy.registry import HOME_ENV, ModelVersion, Registry, RegistryError
-from mlscore.deploy.service import DeployError, serve_args  # the same --entry-script and --app-root as a deploy
+from mlscore.deploy.registry import HOME_ENV, Registry, RegistryError
+# the same models, --entry-script and --app-root as a deploy
+from mlscore.deploy.service import DeployError, model_versions, serve_args
 
 Progress = Callable[[str], None]
 
@@ -69,7 +70,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _ERROR_BODY_CHARS = 500
 
 
-class ProfileError(Exception):
+class ProfileError(DeployError):
     """A profile that could not be made; the message says why and what to do."""
 
 
@@ -287,8 +288,8 @@ def profile(registry: Registry, models: Sequence[str], inference: InferenceConfi
     """
     _check_linux()
     plan = plan or Plan()
-    versions = _versions(registry, models)
-    script_args = _script_args(inference)
+    versions = model_versions(registry, models)
+    script_args = serve_args(inference)
     name = name or versions[0].name
     output = _output_folder(output, name)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -315,13 +316,6 @@ def _check_linux() -> None:
         raise ProfileError("profiling reads the server's CPU and memory from /proc: it runs on Linux only")
 
 
-def _script_args(inference: InferenceConfig) -> list[str]:
-    try:
-        return serve_args(inference)
-    except DeployError as error:
-        raise ProfileError(str(error)) from None
-
-
 def _output_folder(output: Path | None, name: str) -> Path:
     output = output or Path(f"profile-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     try:
@@ -336,15 +330,6 @@ def _serve_command(script_args: list[str], model_dir: Path, slots: int) -> list[
     return [sys.executable, "-m", "mlscore", "serve", *script_args, "--model-dir", str(model_dir), "--host", HOST,
             "--port", "0", "--workers", str(slots), "--max-concurrent-requests", str(slots),
             "--max-queue-wait-ms", str(QUEUE_WAIT_MS), "--graceful-timeout", "5"]
-
-
-def _versions(registry: Registry, refs: Sequence[str]) -> list[ModelVersion]:
-    if not refs:
-        raise ProfileError("a profile needs at least one model: -m NAME:VERSION")
-    try:
-        return [registry.get(ref) for ref in refs]
-    except RegistryError as error:
-        raise ProfileError(str(error)) from None
 
 
 def _server_env(inference: InferenceConfig, name: str) -> dict[str, str]:
@@ -849,7 +834,7 @@ def run_profile_command(args: argparse.Namespace) -> int:
                     args.warm_up)
         sample = Sample.from_file(args.input, args.content_type) if args.input else None
         result = profile(registry, args.models, inference, sample, plan, args.output, args.name, progress=_say)
-    except (ProfileError, ConfigError, RegistryError) as error:
+    except (DeployError, ConfigError, RegistryError) as error:
         print(f"mlscore: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

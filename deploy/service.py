@@ -75,7 +75,7 @@ def deploy(registry: Registry, name: str, models: Sequence[str], inference: Infe
     if _exists(registry, name):
         raise DeployError(f"service {name!r} exists already: update it (mlscore service update {name} …) or "
                           f"delete it first")
-    versions = _versions(registry, models)
+    versions = model_versions(registry, models)
     keys = service_keys(deployment)
     return _run(registry, name, versions, inference, deployment, keys, output, progress, previous=None)
 
@@ -89,7 +89,7 @@ def update(registry: Registry, name: str, models: Sequence[str] | None = None,
     if deployment is not None and deployment.COMPUTE_TYPE != current.deployment.COMPUTE_TYPE:
         raise DeployError(f"service {name!r} runs on {current.deployment.COMPUTE_TYPE}; an update cannot move it to "
                           f"{deployment.COMPUTE_TYPE}: delete it and deploy again")
-    versions = _versions(registry, models if models is not None else current.record.models)
+    versions = model_versions(registry, models if models is not None else current.record.models)
     deployment = deployment or current.deployment
     keys = current.keys if current.keys is not None else service_keys(deployment)
     if isinstance(deployment, AksConfig) and (deployment.keys.primary_key or deployment.keys.secondary_key):
@@ -129,7 +129,7 @@ def regenerate_key(registry: Registry, name: str, which: str, progress: Progress
     deployment = current.deployment
     if isinstance(deployment, AksConfig):  # keys given in its config would win over the stored ones
         deployment = replace(deployment, keys=Keys())
-    _run(registry, name, _versions(registry, current.record.models), current.inference, deployment, keys,
+    _run(registry, name, model_versions(registry, current.record.models), current.inference, deployment, keys,
          _stored_output(current), progress, previous=current)
     return keys
 
@@ -156,7 +156,7 @@ def list_services(registry: Registry) -> list[Service]:
 
 def logs(registry: Registry, name: str, lines: int | None = None) -> str:
     """The server's log: the local process's file, the container's output, or how to read the pods'."""
-    from mlscore.deploy import image, kubernetes
+    from mlscore.deploy import image
 
     current = get(registry, name)
     kind = current.deployment.COMPUTE_TYPE
@@ -279,7 +279,7 @@ def _run_container(registry: Registry, name: str, versions: list[ModelVersion], 
 def _run_kubernetes(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,
                     deployment: AksConfig, keys: Keys | None, output: Path | None,
                     progress: Progress) -> dict[str, Any]:
-    from mlscore.deploy import image, kubernetes
+    from mlscore.deploy import kubernetes
 
     output = output or registry.root / "build" / name
     context = _write_context(output / "image", name, inference, versions, {})
@@ -307,9 +307,10 @@ def _write_context(output: Path, name: str, inference: InferenceConfig, versions
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def _versions(registry: Registry, refs: Sequence[str]) -> list[ModelVersion]:
+def model_versions(registry: Registry, refs: Sequence[str]) -> list[ModelVersion]:
+    """The registered versions `refs` name (NAME alone: the latest); DeployError naming what is missing."""
     if not refs:
-        raise DeployError("a service needs at least one model: -m NAME:VERSION")
+        raise DeployError("give at least one model: -m NAME:VERSION")
     try:
         return [registry.get(ref) for ref in refs]
     except RegistryError as error:

@@ -16,7 +16,7 @@ from mlscore.scoring.kserve_v2 import tensor_metadata
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
-from mlscore.server.admission import AdmissionQueue, Rejected, Slot, Ticket
+from mlscore.server.admission import AdmissionQueue, Rejected, Ticket
 from mlscore.server.errors import METHOD_NOT_ALLOWED, BytesResponse, json_error
 from mlscore.server.metrics import CONTENT_TYPE
 from mlscore.server.request_ids import RequestIdTooLong, pick_headers, response_id_headers

@@ -3,7 +3,6 @@ local service be replaced under traffic with no failed request."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from conftest import SCRIPTS, run_server_to_exit, start_server
 
