@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from mlscore.server.settings import SETTINGS
@@ -97,7 +97,8 @@ class AutoScaler:
 
 @dataclass(frozen=True, slots=True)
 class DataCollection:
-    """`dataCollection`: whether Azure stores what the model was given and answered."""
+    """`dataCollection`: whether the service stores what the model was given and answered (JSON lines
+    in a folder the deploy target chooses, where Azure used Blob storage)."""
 
     storage_enabled: bool = False  # [deploy-2019] AKS table
 
@@ -128,6 +129,7 @@ class LocalConfig:
     COMPUTE_TYPE: ClassVar[str] = "local"
 
     port: int | None = None  # [ours]: the documents give none; None leaves the port to the deploy target
+    data_collection: DataCollection = field(default_factory=DataCollection)  # [ours]: as AKS's
     base_dir: Path | None = None
     notes: tuple[str, ...] = ()
 
@@ -139,6 +141,8 @@ class AciConfig:
     COMPUTE_TYPE: ClassVar[str] = "aci"
 
     container_resource_requirements: ContainerResources = field(default_factory=ContainerResources)
+    data_collection: DataCollection = field(default_factory=DataCollection)  # [ours]: as AKS's (the SDK's
+    # AciWebservice.deploy_configuration takes collect_model_data; the 2019 table does not list it)
     location: str | None = None  # [deploy-2019] none: the workspace's region
     auth_enabled: bool = False  # [deploy-2019] ACI table
     ssl_enabled: bool = False  # [deploy-2019] ACI table
@@ -406,8 +410,21 @@ SCORING_TIMEOUT_MS = Range(1, 86_400_000, reason="the server's limit: 24 h")
 MAX_CONCURRENT_REQUESTS = Range(1, 1000, reason="the server's limit")
 MAX_QUEUE_WAIT_MS = Range(0, 3_600_000, reason="the server's limit: 1 h")
 
-APP_INSIGHTS_NOTE = ("no Application Insights here: logs go to stderr as text lines and metrics to GET /metrics "
-                     "(Prometheus); point your collectors there")
+APP_INSIGHTS_NOTE = ("no Application Insights here: the server writes JSON log lines to stdout instead (a line per "
+                     "request with its id, status and timings), for a collector such as the Azure Monitor agent or "
+                     "Fluent Bit, and metrics to GET /metrics (Prometheus)")
+# Where a service's collected model data goes: a local service's folder holds DATA_COLLECTION_DIR; a
+# container writes to CONTAINER_DATA_DIR, a volume.
+DATA_COLLECTION_DIR = "model-data"
+CONTAINER_DATA_DIR = PurePosixPath("/var/mlscore/model-data")
+
+
+def _data_collection(where: str) -> Schema:
+    return Schema("dataCollection", DataCollection, (
+        Field("storageEnabled", "storage_enabled", BOOLEAN,
+              note=f"model data is written as JSON lines {where}, not to Azure Blob storage"),
+    ))
+
 
 INFERENCE = Schema("the inference config", InferenceConfig, (
     Field("entryScript", "entry_script", STRING, NOT_BLANK, required=True),
@@ -431,6 +448,7 @@ INFERENCE = Schema("the inference config", InferenceConfig, (
 
 LOCAL = Schema("computeType local", LocalConfig, (
     Field("port", "port", INTEGER, Range(1, 65535)),
+    Field("dataCollection", "data_collection", _data_collection(f"to {DATA_COLLECTION_DIR}/ in the service's folder")),
 ), header=("computeType",))
 
 CONTAINER_RESOURCES = Schema("containerResourceRequirements", ContainerResources, (
@@ -440,12 +458,14 @@ CONTAINER_RESOURCES = Schema("containerResourceRequirements", ContainerResources
 
 ACI = Schema("computeType aci", AciConfig, (
     Field("containerResourceRequirements", "container_resource_requirements", CONTAINER_RESOURCES),
+    Field("dataCollection", "data_collection", _data_collection(
+        f"to {CONTAINER_DATA_DIR} in the container, a volume (mlscore-NAME-model-data where this deploys it)")),
     Field("location", "location", STRING,
           note="ignored: the service runs where its deploy target runs it, not in an Azure region"),
     Field("authEnabled", "auth_enabled", BOOLEAN),
     Field("sslEnabled", "ssl_enabled", BOOLEAN,
-          note="mlscore serves plain HTTP: terminate TLS in front of it (a proxy or an ingress) with "
-               "sslCertificate and sslKey"),
+          note="the container serves HTTPS itself: sslCertificate and sslKey are mounted into it read-only "
+               "when it starts (never copied into the image), and must be readable by its user (uid 1000)"),
     Field("appInsightsEnabled", "app_insights_enabled", BOOLEAN, note=APP_INSIGHTS_NOTE),
     Field("sslCertificate", "ssl_certificate", STRING, NOT_BLANK),
     Field("sslKey", "ssl_key", STRING, NOT_BLANK),
@@ -465,10 +485,9 @@ AUTO_SCALER = Schema("autoScaler", AutoScaler, (
     Field("targetUtilization", "target_utilization", INTEGER, Range(1, 100, reason="percent")),
 ))
 
-DATA_COLLECTION = Schema("dataCollection", DataCollection, (
-    Field("storageEnabled", "storage_enabled", BOOLEAN,
-          note="no model data collection here: log what you need from run() and collect the logs"),
-))
+DATA_COLLECTION = _data_collection(
+    f"to {CONTAINER_DATA_DIR} on each pod, an emptyDir volume that goes with the pod (mount a "
+    "PersistentVolumeClaim there to keep it)")
 
 KEYS = Schema("keys", Keys, (
     Field("primaryKey", "primary_key", STRING, AUTH_KEY, secret=True),
@@ -745,15 +764,20 @@ def service_keys(config: DeploymentConfig) -> Keys | None:
 
 
 def to_settings_env(deployment: DeploymentConfig, inference: InferenceConfig | None = None,
-                    keys: Keys | None = None) -> dict[str, str]:
+                    keys: Keys | None = None, data_dir: str = DATA_COLLECTION_DIR) -> dict[str, str]:
     """The server's environment variables these configs imply, for a deploy target to pass to the
     process or container it starts. `keys` (from `service_keys`) is needed when auth is on.
 
     Paths and the port are left to the target: where the files and the port end up depends on it.
+    `data_dir` is where the target has the server write collected model data (dataCollection).
     """
     env: dict[str, str] = {}
     if inference is not None:
         env[_ENV["device"]] = "gpu" if inference.enable_gpu else "cpu"
+    if deployment.data_collection.storage_enabled:
+        env[_ENV["collect_data"]] = data_dir
+    if isinstance(deployment, (AciConfig, AksConfig)) and deployment.app_insights_enabled:
+        env[_ENV["log_format"]] = "json"  # with a line per request: the access log is on with JSON
     if isinstance(deployment, AksConfig):
         env[_ENV["max_concurrent_requests"]] = str(deployment.max_concurrent_requests_per_container)
         env[_ENV["max_queue_wait_ms"]] = str(deployment.max_queue_wait_ms)

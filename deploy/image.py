@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import shlex
+import ssl
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,8 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 GPU_BASE_IMAGE = "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
 ENGINES = ("docker", "podman")
 RUN_TIME_ONLY = frozenset({"MLSCORE_AUTH_KEYS"})  # secrets: given to `run`, never baked into a layer
+COLLECT_DATA_ENV = "MLSCORE_COLLECT_DATA"  # dataCollection: the folder in the container, made a volume
+TLS_DIR = PurePosixPath("/etc/mlscore/tls")  # sslEnabled: the certificate and key, mounted read-only at run time
 READY_TIMEOUT_S = 310.0  # Azure's initialDelaySeconds: how long a service's init() may take to be ready
 READY_POLL_S = 0.5
 MARKER = ".mlscore-build-context"  # lets a later write replace a context, and nothing else
@@ -78,6 +82,8 @@ class BuildContext:
     image: str  # mlscore-<service>:<digest of the context>, so an unchanged service keeps its tag
     gpu: bool
     run_env: Mapping[str, str] = field(repr=False)  # given to the container when it starts: the keys
+    data_dir: str | None = None  # dataCollection's folder in the container: a named volume there keeps the data
+    tls: tuple[Path, Path] | None = None  # sslEnabled: the certificate and key files here, never in the image
 
     def build_command(self, engine: str = "docker") -> list[str]:
         return [engine, "build", "--tag", self.image, str(self.path)]
@@ -88,6 +94,12 @@ class BuildContext:
         command = [engine, "run", "--detach", "--name", name, "--publish", f"{port}:{CONTAINER_PORT}"]
         for key in sorted(self.run_env):
             command += ["--env", key]
+        if self.data_dir is not None:  # kept across updates, which replace the container
+            command += ["--volume", f"mlscore-{self.service}-model-data:{self.data_dir}"]
+        if self.tls is not None:
+            for path, inside, env in zip(self.tls, (TLS_DIR / "cert.pem", TLS_DIR / "key.pem"),
+                                         ("MLSCORE_SSL_CERT", "MLSCORE_SSL_KEY")):
+                command += ["--volume", f"{path}:{inside}:ro", "--env", f"{env}={inside}"]
         if self.gpu:
             command += ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
         return [*command, self.image]
@@ -158,7 +170,8 @@ def write_build_context(output: Path, service: str, inference: InferenceConfig, 
     (output / ".dockerignore").write_text("".join(f"**/{pattern}\n" for pattern in _JUNK), encoding="utf-8")
     _make_readable(output)
     run_env = {key: value for key, value in env.items() if key in RUN_TIME_ONLY}
-    return BuildContext(output, service, f"mlscore-{service}:{_digest(output)[:12]}", inference.enable_gpu, run_env)
+    return BuildContext(output, service, f"mlscore-{service}:{_digest(output)[:12]}", inference.enable_gpu, run_env,
+                        image_env.get(COLLECT_DATA_ENV))
 
 
 @dataclass(frozen=True)
@@ -275,6 +288,11 @@ def _dockerfile(*, service: str, base_image: str, wheel_name: str, requirements:
     lines.append(f"COPY app/ {APP_ROOT}/")
     if has_models:
         lines.append(f"COPY {MODELS_FOLDER}/ {APP_ROOT / MODELS_FOLDER}/")
+    data_dir = image_env.get(COLLECT_DATA_ENV)
+    if data_dir is not None:
+        lines += ["# dataCollection: model data goes to this folder, a volume (owned by the server's user)",
+                  f"RUN mkdir -p {shlex.quote(data_dir)} && chown {RUN_AS_USER}:{RUN_AS_USER} {shlex.quote(data_dir)}",
+                  f"VOLUME {json.dumps([data_dir])}"]
     lines += [
         "ENV " + " \\\n    ".join(f"{key}={_quoted(value)}" for key, value in sorted(image_env.items())),
         f"WORKDIR {APP_ROOT}",
@@ -403,10 +421,13 @@ def wait_ready(engine: str, container: str, uri: str, progress: Callable[[str], 
                timeout: float = READY_TIMEOUT_S) -> bool:
     """Wait until `uri`/health/ready answers 200; False when the container stops or `timeout` passes."""
     progress(f"waiting for {uri}/health/ready")
+    # The probe asks the container just started, on loopback, whose certificate names the service's
+    # public host: it checks readiness, not identity.
+    context = _unverified_tls() if uri.startswith("https:") else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{uri}/health/ready", timeout=2) as response:
+            with urllib.request.urlopen(f"{uri}/health/ready", timeout=2, context=context) as response:
                 if response.status == 200:
                     return True
         except (OSError, http.client.HTTPException):
@@ -415,6 +436,13 @@ def wait_ready(engine: str, container: str, uri: str, progress: Callable[[str], 
             return False
         time.sleep(READY_POLL_S)
     return False
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def logs(engine: str, container: str, lines: int) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from mlscore.deploy.configs import AksConfig, InferenceConfig, Keys, to_settings_env
+from mlscore.deploy.configs import CONTAINER_DATA_DIR, AksConfig, InferenceConfig, Keys, to_settings_env
 from mlscore.deploy.layout import model_dir_within
 from mlscore.deploy.registry import ModelVersion
 from mlscore.server.settings import SETTINGS
@@ -35,6 +35,7 @@ PRE_STOP_SLEEP_S = 5  # time for the Service's endpoints to drop a stopping pod 
 PROBE_PERIOD_S = 5  # startup and readiness: a replica that turns ready is noticed within 5 s
 SHUTDOWN_MARGIN_S = 5
 SCALE_UP_PODS = 4  # the HPA's own default scale-up policy, kept beside the percent one
+DATA_VOLUME = "model-data"  # dataCollection: an emptyDir at CONTAINER_DATA_DIR, for a PersistentVolumeClaim to replace
 
 _ENV = {setting.name: setting.env[0] for setting in SETTINGS}
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
@@ -67,7 +68,8 @@ def render_manifests(service: str, deployment: AksConfig, inference: InferenceCo
     if not _SERVICE_NAME.fullmatch(service):
         raise ValueError(f"service name {service!r}: Kubernetes needs 1 to 58 lowercase letters, digits or '-', "
                          "starting with a letter and ending with a letter or digit")
-    settings_env = to_settings_env(deployment, inference, keys)  # raises when auth is on without keys
+    # Raises when auth is on without keys.
+    settings_env = to_settings_env(deployment, inference, keys, data_dir=str(CONTAINER_DATA_DIR))
     auth_keys = keys if _ENV["auth_keys"] in settings_env else None
     namespace = deployment.namespace
     manifests: list[Manifest] = []
@@ -149,6 +151,13 @@ def _deployment(service: str, deployment: AksConfig, inference: InferenceConfig,
             },
         },
     }
+    if deployment.data_collection.storage_enabled:
+        pod = spec["template"]["spec"]
+        # An emptyDir lasts as long as the pod: to keep the data, replace it with a PersistentVolumeClaim.
+        # fsGroup makes such a volume writable by the server's user.
+        pod["securityContext"]["fsGroup"] = RUN_AS_USER
+        pod["volumes"] = [{"name": DATA_VOLUME, "emptyDir": {}}]
+        pod["containers"][0]["volumeMounts"] = [{"name": DATA_VOLUME, "mountPath": str(CONTAINER_DATA_DIR)}]
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 

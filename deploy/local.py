@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from mlscore.deploy.configs import DATA_COLLECTION_DIR
 from mlscore.deploy.layout import lay_out_models
 from mlscore.deploy.local_host import Spec, State, log_tail, server_log
 from mlscore.deploy.registry import ModelVersion
@@ -121,7 +122,8 @@ class LocalService:
     # stopping
 
     def stop(self, timeout: float = STOP_TIMEOUT + 15) -> None:
-        """Stop the host and its server (which drains), then remove the service's folder."""
+        """Stop the host and its server (which drains), then remove the service's folder, all but the
+        model data it collected (dataCollection), which outlives the service."""
         pid = self.host_pid()
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGTERM)
@@ -131,7 +133,17 @@ class LocalService:
                     os.killpg(pid, signal.SIGKILL)  # the host leads the group its servers are in
                     break
                 time.sleep(0.1)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        kept = self.folder / DATA_COLLECTION_DIR
+        if not kept.is_dir():
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        for path in self.folder.iterdir():
+            if path == kept:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _outcome(state: State | None, generation: int) -> str:

@@ -156,9 +156,11 @@ class AciWebservice:
                              auth_enabled: bool | None = None, ssl_enabled: bool | None = None,
                              enable_app_insights: bool | None = None, ssl_cert_pem_file: str | None = None,
                              ssl_key_pem_file: str | None = None, ssl_cname: str | None = None,
-                             dns_name_label: str | None = None) -> configs.AciConfig:
+                             dns_name_label: str | None = None,
+                             collect_model_data: bool | None = None) -> configs.AciConfig:
         data = {"computeType": "aci", "containerResourceRequirements": _given({"cpu": cpu_cores,
                                                                                  "memoryInGB": memory_gb}),
+                "dataCollection": _given({"storageEnabled": collect_model_data}),
                 "location": location, "authEnabled": auth_enabled, "sslEnabled": ssl_enabled,
                 "appInsightsEnabled": enable_app_insights, "sslCertificate": ssl_cert_pem_file,
                 "sslKey": ssl_key_pem_file, "cname": ssl_cname, "dnsNameLabel": dns_name_label}

@@ -17,6 +17,8 @@ from typing import Any
 
 from mlscore.deploy.configs import (
     AciConfig,
+    CONTAINER_DATA_DIR,
+    DATA_COLLECTION_DIR,
     AksConfig,
     DeploymentConfig,
     InferenceConfig,
@@ -30,6 +32,7 @@ from mlscore.deploy.configs import (
 )
 from mlscore.deploy.local import LocalService, LocalServiceError
 from mlscore.deploy.registry import ModelVersion, Registry, RegistryError, Service
+from mlscore.server.settings import TlsError, tls_context
 
 Progress = Callable[[str], None]
 
@@ -107,8 +110,11 @@ def delete(registry: Registry, name: str, progress: Progress = print) -> None:
     current = get(registry, name)
     kind = current.deployment.COMPUTE_TYPE
     if kind == "local":
-        LocalService(Path(current.details["folder"])).stop()
+        folder = Path(current.details["folder"])
+        LocalService(folder).stop()
         progress(f"service {name}: stopped")
+        if (folder / DATA_COLLECTION_DIR).is_dir():
+            progress(f"service {name}: the model data it collected stays in {folder / DATA_COLLECTION_DIR}")
     elif kind == "aci" and current.details.get("container"):
         image.remove(current.details["engine"], current.details["container"])
         progress(f"service {name}: container {current.details['container']} removed")
@@ -209,8 +215,8 @@ def serve_args(inference: InferenceConfig) -> list[str]:
 
 
 def _server_env(name: str, inference: InferenceConfig, deployment: DeploymentConfig,
-                keys: Keys | None) -> dict[str, str]:
-    return {**to_settings_env(deployment, inference, keys), "SERVICE_NAME": name}
+                keys: Keys | None, data_dir: str) -> dict[str, str]:
+    return {**to_settings_env(deployment, inference, keys, data_dir), "SERVICE_NAME": name}
 
 
 def _run_local(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,
@@ -218,7 +224,8 @@ def _run_local(registry: Registry, name: str, versions: list[ModelVersion], infe
                previous: Deployed | None) -> dict[str, Any]:
     folder = registry.root / "services" / name
     service = LocalService(folder)
-    args, env = serve_args(inference), _server_env(name, inference, deployment, keys)
+    args = serve_args(inference)
+    env = _server_env(name, inference, deployment, keys, str(folder / DATA_COLLECTION_DIR))
     try:
         if previous is not None and service.host_running():
             generation = int(previous.details.get("generation", 1)) + 1
@@ -253,8 +260,10 @@ def _run_container(registry: Registry, name: str, versions: list[ModelVersion], 
     from mlscore.deploy import image
 
     output = output or registry.root / "build" / name
-    env = _server_env(name, inference, deployment, keys)
+    env = _server_env(name, inference, deployment, keys, str(CONTAINER_DATA_DIR))
     context = _write_context(output, name, inference, versions, env)
+    if deployment.ssl_enabled:
+        context = replace(context, tls=_tls_files(name, deployment))
     progress(f"service {name}: build context written to {context.path}")
     engine = image.find_engine()
     if engine is None:
@@ -267,13 +276,27 @@ def _run_container(registry: Registry, name: str, versions: list[ModelVersion], 
         image.remove(previous.details["engine"], previous.details["container"])
     port = _port_for(previous)
     container = image.run(context, engine, port, f"mlscore-{name}")
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"{'https' if context.tls else 'http'}://127.0.0.1:{port}"
     ready = image.wait_ready(engine, container, uri, progress)
     state = "Healthy" if ready else "Failed"
     progress(f"service {name}: {state}" + (f", scoring at {uri}/score" if ready else ""))
     return {"state": state, "context": str(context.path), "image": context.image, "engine": engine,
             "container": container, "port": port, "scoring_uri": f"{uri}/score", "swagger_uri": f"{uri}/swagger.json",
             **({} if ready else {"message": f"service {name} failed:\n{image.logs(engine, container, 30)}"})}
+
+
+def _tls_files(name: str, deployment: AciConfig) -> tuple[Path, Path]:
+    """sslCertificate and sslKey, checked as the server will check them, so a bad pair fails here
+    rather than in a container that never turns ready."""
+    cert, key = deployment.ssl_certificate_path, deployment.ssl_key_path
+    if cert is None or key is None:
+        raise DeployError(f"service {name}: sslEnabled needs sslCertificate and sslKey, in a deployment config "
+                          "loaded from a file (or with base_dir)")
+    try:
+        tls_context(cert, key, None)
+    except TlsError as error:
+        raise DeployError(f"service {name}: sslCertificate {cert} and sslKey {key}: {error}") from None
+    return cert, key
 
 
 def _run_kubernetes(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,

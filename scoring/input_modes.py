@@ -21,6 +21,7 @@ from inference_schema.schema_util import is_schema_decorated
 from starlette.datastructures import Headers
 
 from mlscore.scoring.azureml_compat.aml_request import RAWHTTP_ATTR, AMLRequest
+from mlscore.scoring import json_limits
 from mlscore.scoring.entry_script import EntryScriptError, innermost, run_parameters
 from mlscore.scoring.messages import RawRequest
 from mlscore.scoring.schema_types import input_schemas, undecorated_target
@@ -166,7 +167,9 @@ def _json_object(request: RawRequest) -> dict[str, Any]:
     if not request.body.strip():
         raise BadInput(400, "POST body is empty. Expecting a JSON dictionary.")
     try:
-        payload = orjson.loads(request.body)
+        payload = json_limits.loads(request.body)
+    except json_limits.JsonTooDeep as error:
+        raise BadInput(400, f"POST body is {error} (max_json_depth).") from None
     except orjson.JSONDecodeError as error:
         raise BadInput(400, f"POST body could not be decoded as JSON: {error}") from None
     if not isinstance(payload, dict):
@@ -226,8 +229,12 @@ def _decode_array(value: Any, param_type: NumpyParameterType, path: str) -> np.n
     sample = param_type.sample_input
     if not isinstance(value, list):
         raise _invalid(path, param_type, f"got a JSON {_json_kind(value)}")
+    dtype = sample.dtype if param_type.enforce_column_type else None
     try:
-        array = np.array(value, dtype=sample.dtype if param_type.enforce_column_type else None)
+        if dtype is not None and dtype.kind == "f" and dtype.itemsize < 8:
+            array = _narrow_floats(value, dtype)
+        else:
+            array = np.array(value, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as error:
         raise _invalid(path, param_type, str(error)) from None
     if not param_type.enforce_shape:
@@ -239,6 +246,16 @@ def _decode_array(value: Any, param_type: NumpyParameterType, path: str) -> np.n
         if array.shape[dimension] != sample.shape[dimension]:
             raise _invalid(path, param_type, f"array has size {array.shape[dimension]} on dimension "
                                              f"#{dimension}, while expected value is {sample.shape[dimension]}")
+    return array
+
+
+def _narrow_floats(value: list[Any], dtype: np.dtype) -> np.ndarray:
+    """JSON numbers as float32 or float16. JSON holds no infinity, so one after the cast is a
+    number past the type's range: refused (ValueError) rather than handed to run() as inf."""
+    with np.errstate(over="ignore"):
+        array = np.array(value, dtype=dtype)
+    if not np.isfinite(array).all():
+        raise ValueError(f"a value is beyond the range of {dtype} (±{np.finfo(dtype).max:.4g})")
     return array
 
 
@@ -295,7 +312,9 @@ def _query_values(query: bytes) -> dict[str, Any]:
     repeated: set[str] = set()
     for key, raw in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         try:
-            value = orjson.loads(raw)
+            value = json_limits.loads(raw)
+        except json_limits.JsonTooDeep as error:
+            raise BadInput(400, f"Query value {key!r} is {error} (max_json_depth).") from None
         except orjson.JSONDecodeError:
             value = raw
         if key not in values:

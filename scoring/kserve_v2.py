@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from mlscore.accelerators import TensorInfo
+from mlscore.scoring import json_limits
 
 HEADER_LENGTH = b"inference-header-content-length"
 DATATYPES: dict[str, np.dtype] = {
@@ -44,7 +45,9 @@ def decode_request(body: bytes, header_length: bytes | None) -> tuple[dict[str, 
     """The request's JSON object and its input tensors by name; raises V2Error."""
     json_part, binary = _split(body, header_length)
     try:
-        request = orjson.loads(json_part)
+        request = json_limits.loads(json_part)
+    except json_limits.JsonTooDeep as error:
+        raise V2Error(f"the inference request is {error} (max_json_depth)") from None
     except orjson.JSONDecodeError as error:
         raise V2Error(f"the inference request is not valid JSON: {error}") from None
     if not isinstance(request, dict):

@@ -19,6 +19,7 @@ class RawRequest:
     query: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # names lower-case, as ASGI gives them
     body: bytes = b""
+    request_id: bytes = b""  # the id the response carries (x-ms-request-id), for log lines
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a lower-case header name, or None."""

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from mlscore.accelerators import AcceleratorError, InvalidInput, Session, TensorInfo, load, read_signature
-from mlscore.scoring import kserve_v2
+from mlscore.scoring import json_limits, kserve_v2
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.pipeline import JSON, RUN_FAILED_MESSAGE, error_response
@@ -75,7 +75,9 @@ class OnnxPipeline:
 
     def _score(self, request: RawRequest) -> RawResponse:
         try:
-            given = orjson.loads(request.body)
+            given = json_limits.loads(request.body)
+        except json_limits.JsonTooDeep as error:
+            return error_response(400, f"The body is {error} (max_json_depth).")
         except orjson.JSONDecodeError as error:
             return error_response(400, f"The body is not valid JSON: {error}")
         if not isinstance(given, dict):

@@ -9,10 +9,12 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from mlscore.scoring.azureml_compat.aml_request import BadRequestBody
 from mlscore.scoring.azureml_compat.aml_response import AMLResponse
+from mlscore.scoring.collect import collected_header
 from mlscore.scoring.encoding import NotEncodable, encode_json
 from mlscore.scoring.entry_script import EntryScript
 from mlscore.scoring.input_modes import BadInput, InputMode, RawHttpMode, detect_input_mode
 from mlscore.scoring.messages import RawRequest, RawResponse
+from mlscore.scoring.request_context import CURRENT, RequestContext
 
 logger = logging.getLogger("mlscore.scoring")
 
@@ -44,6 +46,19 @@ class ScoringPipeline:
         self.script.call_init()
 
     def handle(self, request: RawRequest) -> RawResponse:
+        """The response to one request. While run() runs, the request's id tags what the script logs
+        and prints, and what it collects joins the response (see collect.py)."""
+        context = RequestContext(request.request_id)
+        token = CURRENT.set(context)
+        try:
+            response = self._answer(request)
+        finally:
+            CURRENT.reset(token)
+        if context.fields:
+            response.headers.append(collected_header(context.fields))
+        return response
+
+    def _answer(self, request: RawRequest) -> RawResponse:
         if request.method == "OPTIONS" and not isinstance(self.mode, RawHttpMode):
             return RawResponse(200, [], b"")
         try:

@@ -36,12 +36,13 @@ _ERRORS = {
     "401": "The API key is missing or wrong.",
     "413": "The body is over the size limit.",
     "415": "The body is not application/json.",
+    "431": "The request line and headers are over the size limit, or a request id is over 100 characters.",
     "500": "run() failed.",
     "503": "Not ready yet, or too busy: retry after the Retry-After delay.",
     "504": "run() took longer than the scoring timeout.",
 }
-_POST_ERRORS = ("400", "401", "413", "415", "500", "503", "504")
-_GET_ERRORS = ("400", "401", "500", "503", "504")
+_POST_ERRORS = ("400", "401", "413", "415", "431", "500", "503", "504")
+_GET_ERRORS = ("400", "401", "413", "431", "500", "503", "504")
 _ERROR_RESPONSE: Schema = {
     "type": "object",
     "required": ["message"],
@@ -106,6 +107,7 @@ class SwaggerDocuments:
             "version": service_version,
         }
         prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
+        service_output = _map_schemas(service_output, _non_finite_as_null)
         documents: dict[str, bytes] = {}
         for version, file_names in _USER_FILES.items():
             user_document = _read_user_document(app_root, file_names)
@@ -240,6 +242,13 @@ def _map_schemas(schema: Any, convert: Callable[[Schema], Schema]) -> Any:
         else:
             copied[keyword] = value
     return convert(copied)
+
+
+def _non_finite_as_null(schema: Schema) -> Schema:
+    # JSON has no NaN or Infinity: a float result that is one is sent as null (orjson's encoding).
+    if schema.get("type") == "number":
+        schema["nullable"] = True
+    return schema
 
 
 def _nullable_as_extension(schema: Schema) -> Schema:

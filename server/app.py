@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
@@ -17,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.scoring.onnx_model import OnnxPipeline
+from mlscore.server.data_collection import DataCollector
 from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception, v2_error_body
+from mlscore.server.logs import AccessLog
 from mlscore.server.metrics import Metrics
 from mlscore.server.routes import Routes
 from mlscore.server.settings import Settings
@@ -58,6 +61,7 @@ class ServerState:
     draining: bool = False  # stopping: every response closes its connection, so clients move elsewhere
     not_ready_reason: str = "starting"
     model: OnnxPipeline | None = None  # the model served without a script (--model), for the V2 routes
+    collector: DataCollector | None = None  # model data collection (--collect-data)
 
 
 def create_app(state: ServerState) -> ASGIApp:
@@ -82,8 +86,14 @@ def create_app(state: ServerState) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.executor.start()
+        if state.collector is not None:
+            state.collector.start()
+        key_file_watch = asyncio.ensure_future(routes.auth.watch())
         yield
+        key_file_watch.cancel()
         await state.executor.close()
+        if state.collector is not None:  # after every accepted request was answered: its record is queued
+            await asyncio.get_running_loop().run_in_executor(None, state.collector.close)
 
     state.metrics.watch(state)
     infer_path = state.model.infer_path if state.model is not None else None
@@ -91,7 +101,7 @@ def create_app(state: ServerState) -> ASGIApp:
         routes=table,
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,
-    ), infer_path)
+    ), infer_path, AccessLog() if state.settings.access_log else None)
     if state.settings.cors_origins:
         app = CORSMiddleware(
             app,
@@ -106,19 +116,22 @@ def create_app(state: ServerState) -> ASGIApp:
 class ScoreFirst:
     """Answers /score itself and hands every other request to the Starlette app, counting both."""
 
-    def __init__(self, routes: Routes, metrics: Metrics, other: ASGIApp, infer_path: str | None) -> None:
+    def __init__(self, routes: Routes, metrics: Metrics, other: ASGIApp, infer_path: str | None,
+                 access: AccessLog | None = None) -> None:
         self._routes = routes
         self._metrics = metrics
         self._other = other
         self._infer_path = infer_path  # POST /v2/models/NAME/infer when a model is served
+        self._access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._other(scope, receive, send)
             return
+        started = time.perf_counter() if self._access is not None else 0.0
         route = scope["path"]
         if route != "/score" and route != self._infer_path:
-            await self._other(scope, receive, self._counting(route, send))
+            await self._other(scope, receive, self._counting(scope, send, started))
             return
         try:
             response = await self._routes.score(scope, receive, route)
@@ -139,13 +152,19 @@ class ScoreFirst:
         if self._routes.state.draining:
             response.raw_headers.append(CONNECTION_CLOSE)
         await response(scope, receive, send)
+        if self._access is not None:
+            self._access.request(scope, route, response.status_code, response.raw_headers, started)
 
-    def _counting(self, path: str, send: Send) -> Send:
+    def _counting(self, scope: Scope, send: Send, started: float) -> Send:
+        path = scope["path"]
         route = path if path in KNOWN_ROUTES else "other"
+        access = self._access if path not in QUIET_ROUTES else None
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self._metrics.request(route, message["status"])
+                if access is not None:
+                    access.request(scope, path, message["status"], message.get("headers", []), started)
                 if self._routes.state.draining:
                     message = {**message, "headers": [*message.get("headers", ()), CONNECTION_CLOSE]}
             await send(message)
@@ -154,5 +173,7 @@ class ScoreFirst:
 
 
 CONNECTION_CLOSE = (b"connection", b"close")  # uvicorn closes the connection after a response that says so
+# Probes and scrapes: counted in the metrics, but left out of the access log, where they would be most lines.
+QUIET_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 KNOWN_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",
                           "/swagger.json", "/metrics", "/v2"})

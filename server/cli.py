@@ -11,6 +11,7 @@ from mlscore import __version__
 from mlscore.deploy.model_cli import add_model_commands, run_model_command
 from mlscore.deploy.profile import add_profile_command, run_profile_command
 from mlscore.deploy.service_cli import add_service_commands, run_service_command
+from mlscore.loadtest.cli import add_loadtest_command, run_loadtest_command  # locust itself runs in a child
 from mlscore.server.settings import EXECUTORS, LOG_LEVELS, Settings, SettingsError
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(commands)
     add_service_commands(commands)
     add_profile_command(commands)
+    add_loadtest_command(commands)
     admission = serve.add_argument_group("admission")
     admission.add_argument("--max-concurrent-requests", dest="max_concurrent_requests",
                            help="requests in run() at once per replica (default 1)")
@@ -66,11 +68,43 @@ def build_parser() -> argparse.ArgumentParser:
                          "substring (default: the first GPU or accelerator, else the first device)")
     devices.add_argument("--cpu-threads", dest="cpu_threads", help="onnxruntime's threads per model on the CPU "
                          "(default 0: the cores this process may use, divided among the scoring processes)")
+    logs = serve.add_argument_group("logs and data collection")
+    logs.add_argument("--log-format", dest="log_format", help="text (default; to stderr) or json (one object per "
+                      "line, to stdout, for a log collector)")
+    logs.add_argument("--access-log", dest="access_log", help="on or off: a line per request with its id, status "
+                      "and timings (default: on with --log-format json, else off)")
+    logs.add_argument("--collect-data", dest="collect_data", metavar="DIR", help="write each scored request's "
+                      "input and output to JSON-lines files in DIR (env MLSCORE_COLLECT_DATA)")
+    logs.add_argument("--collect-rotate-bytes", dest="collect_rotate_bytes", help="start a new data file past "
+                      "this size (default 64M)")
+    logs.add_argument("--collect-rotate-seconds", dest="collect_rotate_seconds", help="... or this age (default 3600)")
+    logs.add_argument("--collect-buffer", dest="collect_buffer", help="records waiting to be written; more are "
+                      "dropped and counted in /metrics (default 10000)")
     security = serve.add_argument_group("security and limits")
     security.add_argument("--auth-key", dest="auth_key", action="append", default=[],
                           help="require 'Authorization: Bearer KEY' on /score (give once or twice)")
+    security.add_argument("--auth-key-file", dest="auth_key_file", help="a file with the key(s), one per line "
+                          "(primary, secondary), re-read when it changes; in place of --auth-key (env "
+                          "MLSCORE_AUTH_KEY_FILE)")
+    security.add_argument("--metrics-auth", dest="metrics_auth", action="store_const", const=True,
+                          help="require the key on /metrics too (env MLSCORE_METRICS_AUTH=on; default: open)")
+    security.add_argument("--ssl-cert", dest="ssl_cert", help="serve HTTPS with this PEM certificate (chain) "
+                          "(env MLSCORE_SSL_CERT; an encrypted key's password: MLSCORE_SSL_KEY_PASSWORD)")
+    security.add_argument("--ssl-key", dest="ssl_key", help="the certificate's PEM private key (env MLSCORE_SSL_KEY)")
     security.add_argument("--cors-origins", dest="cors_origins", help="comma-separated origins or * (env AML_CORS_ORIGINS)")
     security.add_argument("--max-body-bytes", dest="max_body_bytes", help="largest request body (default 100 MiB)")
+    security.add_argument("--max-json-depth", dest="max_json_depth", help="deepest nesting of request JSON "
+                          "(default 64)")
+    security.add_argument("--max-header-bytes", dest="max_header_bytes", help="largest request line and headers "
+                          "together, else 431 (default 65536)")
+    security.add_argument("--header-timeout", dest="header_timeout", help="seconds from a request's first byte to "
+                          "the end of its headers, else 408 (default 10)")
+    security.add_argument("--body-timeout", dest="body_timeout", help="longest pause in seconds while a body "
+                          "arrives before the connection is closed (default 30)")
+    security.add_argument("--keep-alive-timeout", dest="keep_alive_timeout", help="seconds an idle connection "
+                          "stays open (default 75)")
+    security.add_argument("--max-connections", dest="max_connections", help="open connections; more are "
+                          "answered 503 (default 10000)")
     return parser
 
 
@@ -85,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_service_command(args)
     if args.command == "profile":
         return run_profile_command(args)
+    if args.command == "loadtest":
+        return run_loadtest_command(args)
     if args.command != "serve":
         parser.print_help()
         return 2

@@ -5,10 +5,13 @@ Each server gets its own registry, so that several apps in one process (tests) n
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mlscore.server import logs
 
 if TYPE_CHECKING:
     from mlscore.server.app import ServerState
@@ -46,6 +49,7 @@ class Metrics:
             lambda: state.admission.queued)
         Gauge("mlscore_worker_restarts", "Scoring workers replaced after a timeout or a crash.",
               registry=self.registry).set_function(lambda: getattr(state.executor, "restarts", 0))
+        self.registry.register(_Tallies(state))
 
     def request(self, route: str, status: int) -> None:
         child = self._children.get((route, status))
@@ -64,3 +68,23 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Tallies:
+    """Counters their owners keep as plain integers, off the hot path's locks, read when scraped: data
+    collection's written and dropped records, and log records dropped because the log writer fell behind."""
+
+    def __init__(self, state: "ServerState") -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        collector = self._state.collector
+        dropped = CounterMetricFamily("mlscore_data_collection_dropped", "Data-collection records not written: "
+                                      "the buffer was full, or the file could not be written.", labels=["reason"])
+        dropped.add_metric(["buffer_full"], collector.dropped_full if collector else 0)
+        dropped.add_metric(["write_error"], collector.dropped_error if collector else 0)
+        yield dropped
+        yield CounterMetricFamily("mlscore_data_collection_written", "Data-collection records written.",
+                                  value=collector.written if collector else 0)
+        yield CounterMetricFamily("mlscore_log_records_dropped", "Log records dropped because the log writer fell "
+                                  "behind (front process).", value=logs.dropped())

@@ -67,3 +67,11 @@ def response_id_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]
     if trace_id is not None:
         out.append((b"traceid", trace_id))
     return out
+
+
+def request_id_of(ids: list[tuple[bytes, bytes]]) -> bytes:
+    """The id that log lines and data collection name a request by: the x-ms-request-id it is answered with."""
+    for name, value in ids:
+        if name == b"x-ms-request-id":
+            return value
+    return b""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import TYPE_CHECKING
 
 import orjson
@@ -12,14 +11,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope
 
 from mlscore import __version__
+from mlscore.scoring.collect import COLLECTED_HEADER
 from mlscore.scoring.kserve_v2 import tensor_metadata
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
 from mlscore.server.admission import AdmissionQueue, Rejected, Ticket
+from mlscore.server.auth import AuthKeys
 from mlscore.server.errors import METHOD_NOT_ALLOWED, BytesResponse, json_error
 from mlscore.server.metrics import CONTENT_TYPE
-from mlscore.server.request_ids import RequestIdTooLong, pick_headers, response_id_headers
+from mlscore.server.request_ids import RequestIdTooLong, pick_headers, request_id_of, response_id_headers
 
 if TYPE_CHECKING:
     from mlscore.server.app import ServerState
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 _SERVER_HEADERS = {
     b"x-request-id", b"x-ms-request-id", b"x-ms-client-request-id", b"traceid",
     b"x-ms-run-fn-exec-ms", b"x-ms-run-function-failed", b"content-length", b"transfer-encoding",
+    COLLECTED_HEADER,  # fields run() collected, for data collection only
 }
 _TRUE, _FALSE = b"True", b"False"
 WATCH_AFTER = 0.01  # seconds in the queue after which the connection is watched for a departure
@@ -37,6 +39,7 @@ _READY = orjson.dumps({"ready": True})
 SCORE_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 _ALLOWED = b"GET, POST, OPTIONS"
 _POST_ONLY = frozenset({"POST"})
+_CONNECTION_CLOSE = (b"connection", b"close")
 
 
 class BodyTooLarge(Exception):
@@ -48,10 +51,12 @@ class Routes:
 
     def __init__(self, state: "ServerState") -> None:
         self.state = state
-        self._keys = [key.encode() for key in state.settings.auth_keys]
+        self.auth = AuthKeys(state.settings.auth_keys, state.settings.auth_key_file)
+        self._metrics_auth = state.settings.metrics_auth and self.auth.enabled
         self._max_body = state.settings.max_body_bytes
         self._queue_wait = state.settings.max_queue_wait_ms / 1000.0
         self._scoring_timeout = state.settings.scoring_timeout_ms / 1000.0
+        self._collector = state.collector
 
     async def healthy(self, request: Request) -> Response:
         return BytesResponse(200, [(b"content-type", b"text/plain; charset=utf-8")], b"Healthy")
@@ -67,6 +72,10 @@ class Routes:
         return BytesResponse(503, [(b"content-type", b"application/json"), _retry_after(1)], body)
 
     async def metrics(self, request: Request) -> Response:
+        if self._metrics_auth:
+            header = request.headers.get("authorization", "").encode("latin-1")
+            if not self.auth.authorized(header):
+                return _unauthorized([])
         return BytesResponse(200, [(b"content-type", CONTENT_TYPE)], self.state.metrics.exposition())
 
     async def v2_server(self, request: Request) -> Response:
@@ -137,13 +146,17 @@ class Routes:
         if method not in allowed:
             message = METHOD_NOT_ALLOWED.format(method=method, path=route, allowed=allowed_text.decode())
             return json_error(405, message, [(b"allow", allowed_text), *ids])
-        if self._keys and not self._authorized(picked.get(b"authorization", b"")):
-            return json_error(401, "Missing or invalid key: send the header 'Authorization: Bearer <key>'.",
-                              [(b"www-authenticate", b"Bearer"), *ids])
+        headers = scope["headers"]
+        if self.auth.enabled:
+            if not self.auth.authorized(picked.get(b"authorization", b"")):
+                return _unauthorized(ids)
+            headers = [item for item in headers if item[0] != b"authorization"]  # the key stays here, not in run()
         try:
             body = await self._read_body(receive, picked.get(b"content-length"))
         except BodyTooLarge:
-            return json_error(413, f"Request body is larger than the limit of {self._max_body} bytes.", ids)
+            # The connection closes: the rest of the body is not worth reading.
+            return json_error(413, f"Request body is larger than the limit of {self._max_body} bytes.",
+                              [*ids, _CONNECTION_CLOSE])
         except ClientDisconnect:
             return json_error(400, "The client disconnected before sending the whole body.", ids)
         executor = self.state.executor
@@ -154,7 +167,7 @@ class Routes:
             budget = self._budget(picked.get(b"x-ms-request-timeout-ms"))
         except ValueError as error:
             return json_error(400, str(error), ids)
-        raw = RawRequest(method, scope["path"], scope["query_string"], scope["headers"], body)
+        raw = RawRequest(method, scope["path"], scope["query_string"], headers, body, request_id_of(ids))
         return await self._admit_and_score(raw, budget, receive, ids)
 
     async def _admit_and_score(self, raw: RawRequest, budget: float, receive: Receive,
@@ -181,6 +194,8 @@ class Routes:
         metrics.scored(finished - ticket.arrived, queued, result.run_ms)
         if result.failure:
             metrics.rejected(result.failure)
+        if self._collector is not None:
+            self._collector.record(raw, result)
         return _http_response(result, ids, queued * 1000.0)
 
     def _budget(self, header: bytes | None) -> float:
@@ -210,15 +225,6 @@ class Routes:
         finally:
             watch.cancel()
             admission.leave(ticket)  # when this handler itself is cancelled while queued
-
-    def _authorized(self, header: bytes) -> bool:
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            return False
-        given = token.strip()
-        # Every key is compared, so the time taken does not tell which one nearly matched.
-        matches = [hmac.compare_digest(given, key) for key in self._keys]
-        return any(matches)
 
     async def _read_body(self, receive: Receive, declared: bytes | None) -> bytes:
         """The whole body; refused from Content-Length alone when it declares more than the limit."""
@@ -256,6 +262,12 @@ def _http_response(result: RawResponse, ids: list[tuple[bytes, bytes]], queue_ms
 
 def _json(status: int, document: dict[str, object]) -> BytesResponse:
     return BytesResponse(status, [(b"content-type", b"application/json")], orjson.dumps(document))
+
+
+def _unauthorized(ids: list[tuple[bytes, bytes]]) -> BytesResponse:
+    # The message never repeats what was presented.
+    return json_error(401, "Missing or invalid key: send the header 'Authorization: Bearer <key>'.",
+                      [(b"www-authenticate", b"Bearer"), *ids])
 
 
 def _retry_after(seconds: int) -> tuple[bytes, bytes]:

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any, Callable, TypeVar
 
 import uvicorn
 
+from mlscore.scoring import json_limits
+from mlscore.scoring import collect
 from mlscore.scoring.entry_script import EntryScriptError, load_entry_script, resolve_script_path
 from mlscore.scoring.model_path import MODEL_DIR_ENV
 from mlscore.accelerators import DEVICE_ENV, OPENCL_BINARY_ENV, OPENCL_DEVICE_ENV
@@ -27,6 +28,9 @@ from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.server.app import Executor, ServerState, create_app
 from mlscore.server.executors import InlineExecutor, ThreadExecutor
+from mlscore.server import logs
+from mlscore.server.data_collection import DataCollectionError, DataCollector
+from mlscore.server.protocol import protocol_class
 from mlscore.server.supervisor import ProcessExecutor
 from mlscore.server.settings import Settings, log_level_number
 
@@ -56,13 +60,8 @@ class Started:
     pipeline: Pipeline
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=log_level_number(level),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    logs.configure(log_level_number(level), log_format)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -133,6 +132,7 @@ def prepare_state(settings: Settings) -> tuple[ServerState, Pipeline]:
     if settings.model_dir is not None:
         os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
     export_device_settings(settings)
+    collector = open_collector(settings)  # before the script: a folder that cannot be written fails at once
     pipeline = load_script(settings)
     try:
         swagger = build_swagger(settings, pipeline)
@@ -141,8 +141,24 @@ def prepare_state(settings: Settings) -> tuple[ServerState, Pipeline]:
     admission = AdmissionQueue(settings.max_concurrent_requests, settings.max_queue_size, settings.max_queue_wait_ms)
     state = ServerState(settings=settings, admission=admission, executor=NotStarted(settings.executor),
                         swagger=swagger, not_ready_reason=STARTING,
-                        model=pipeline if isinstance(pipeline, OnnxPipeline) else None)
+                        model=pipeline if isinstance(pipeline, OnnxPipeline) else None, collector=collector)
     return state, pipeline
+
+
+def open_collector(settings: Settings) -> DataCollector | None:
+    """The model data collector --collect-data asks for, its folder made; StartupError when that
+    folder cannot be written to."""
+    if settings.collect_data is None:
+        return None
+    try:
+        collector = DataCollector.open(settings.collect_data, settings.collect_rotate_bytes,
+                                       settings.collect_rotate_seconds, settings.collect_buffer,
+                                       settings.service_name, settings.model_name)
+    except DataCollectionError as error:
+        raise StartupError(f"{settings.sources['collect_data']}: {error}", EXIT_BAD_SETTINGS) from None
+    collect.enable()  # with threads and inline, run()'s collect() calls are made in this process
+    logger.info("data collection: inputs and outputs of scored requests go to %s", collector.folder)
+    return collector
 
 
 def export_device_settings(settings: Settings) -> None:
@@ -236,7 +252,8 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        where = ", ".join(_address(sock) for sock in self._launch.sockets)
+        scheme = "https" if self._launch.state.settings.ssl_cert else "http"
+        where = ", ".join(_address(sock, scheme) for sock in self._launch.sockets)
         logger.info("listening on %s; running init() and the warm-up (/health/ready is 503 until they pass)", where)
         self._scoring_start = asyncio.ensure_future(self._start_scoring(where))
 
@@ -303,12 +320,17 @@ def serve(started: Started) -> int:
     config = uvicorn.Config(
         create_app(started.state),
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
+                            settings.max_connections),  # httptools with limits on slow and oversized requests
         lifespan="on",
         access_log=False,
         log_level=log_level_number(settings.log_level),
         log_config=None,
-        timeout_keep_alive=75,  # longer than common load balancers' idle timeouts
+        # Default 75 s: longer than common load balancers' idle timeouts.
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # typed int, any number works
+        ssl_certfile=settings.ssl_cert,  # checked by Settings.build: a pair that loads
+        ssl_keyfile=settings.ssl_key,
+        ssl_keyfile_password=settings.ssl_key_password,
         timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]  # typed int, any number works
         server_header=False,
     )
@@ -326,11 +348,11 @@ def serve(started: Started) -> int:
     return server.exit_code
 
 
-def _address(sock: socket.socket) -> str:
+def _address(sock: socket.socket, scheme: str) -> str:
     name = sock.getsockname()
     if isinstance(name, str):
         return f"unix:{name}"
-    return f"http://[{name[0]}]:{name[1]}" if ":" in name[0] else f"http://{name[0]}:{name[1]}"
+    return f"{scheme}://[{name[0]}]:{name[1]}" if ":" in name[0] else f"{scheme}://{name[0]}:{name[1]}"
 
 
 def _stopped_gracefully(signum: int, frame: object) -> None:
@@ -366,8 +388,9 @@ async def _in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
 
 
 def run(settings: Settings) -> int:
-    configure_logging(settings.log_level)
-    logger.info("settings: %s", settings.redacted())
+    configure_logging(settings.log_level, settings.log_format)
+    summary = settings.redacted()
+    logger.info("settings: %s", summary, extra={"settings": summary})
     try:
         started = start(settings)
     except (StartupError, EntryScriptError) as error:
@@ -390,6 +413,7 @@ def _cannot_start(error: Exception) -> int:
 def load_script(settings: Settings) -> Pipeline:
     """The entry script imported and its input mode decided (or the model's signature read); init()
     not run yet."""
+    json_limits.set_max_depth(settings.max_json_depth)  # in this process: the front, or a scoring worker
     if settings.model is not None:
         assert settings.model_name is not None
         model = OnnxPipeline(settings.model.resolve(), settings.model_name)

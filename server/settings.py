@@ -12,14 +12,19 @@ import json
 import logging
 import os
 import re
+import ssl
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from mlscore.server.auth import KeyFileError, read_key_file
 
 EXECUTORS = ("processes", "threads", "inline")
 DEVICES = ("auto", "cpu", "gpu", "opencl")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
+SWITCH_ON, SWITCH_OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
 
 class SettingsError(ValueError):
@@ -116,6 +121,32 @@ def _fds(label: str, value: Any) -> tuple[int, ...]:
     return tuple(fds)
 
 
+def _switch(label: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in SWITCH_ON or text in SWITCH_OFF:
+        return text in SWITCH_ON
+    raise SettingsError(f"{label}={value!r}: must be on or off (also true/false, yes/no, 1/0)")
+
+
+def _byte_size(minimum: int) -> Callable[[str, Any], int]:
+    """A number of bytes, or of KiB, MiB, GiB with a K, M or G suffix (64M)."""
+    def parse(label: str, value: Any) -> int:
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text[:-1] if scale > 1 else text
+        if isinstance(value, bool) or not digits.strip().isdigit():
+            raise SettingsError(f"{label}={value!r}: must be a number of bytes, or of KiB, MiB, GiB with a K, M "
+                                "or G suffix (64M)")
+        number = int(digits) * scale
+        if number < minimum:
+            raise SettingsError(f"{label}={value!r}: must be at least {minimum} bytes")
+        return number
+
+    return parse
+
+
 def _origins(label: str, value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return tuple(str(item).strip() for item in items if str(item).strip())
@@ -136,6 +167,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", "port", ("MLSCORE_PORT",), "port", _integer(0, 65535), 5001),
     Setting("listen_fds", "fd", ("MLSCORE_LISTEN_FDS",), None, _fds, ()),
     Setting("log_level", "log_level", ("MLSCORE_LOG_LEVEL", "AZUREML_LOG_LEVEL"), None, _choice(LOG_LEVELS), "info"),
+    Setting("log_format", "log_format", ("MLSCORE_LOG_FORMAT",), None, _choice(LOG_FORMATS), "text"),
+    Setting("access_log", "access_log", ("MLSCORE_ACCESS_LOG",), None, _switch),  # None: on with json logs
+    Setting("collect_data", "collect_data", ("MLSCORE_COLLECT_DATA",), None, _path),
+    Setting("collect_rotate_bytes", "collect_rotate_bytes", ("MLSCORE_COLLECT_ROTATE_BYTES",), None,
+            _byte_size(1024), 64 << 20),
+    Setting("collect_rotate_seconds", "collect_rotate_seconds", ("MLSCORE_COLLECT_ROTATE_SECONDS",), None,
+            _seconds(7 * 86_400), 3600.0),
+    Setting("collect_buffer", "collect_buffer", ("MLSCORE_COLLECT_BUFFER",), None, _integer(1, 10_000_000), 10_000),
     Setting("max_concurrent_requests", "max_concurrent_requests", ("MLSCORE_MAX_CONCURRENT_REQUESTS",),
             "maxConcurrentRequestsPerContainer", _integer(1, 1000), 1),
     Setting("max_queue_wait_ms", "max_queue_wait_ms", ("MLSCORE_MAX_QUEUE_WAIT_MS",), "maxQueueWaitMs",
@@ -147,8 +186,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", "workers", ("WORKER_COUNT",), None, _integer(1, 256)),
     Setting("graceful_timeout", "graceful_timeout", ("MLSCORE_GRACEFUL_TIMEOUT",), None, _seconds(86_400), 30.0),
     Setting("auth_keys", "auth_key", ("MLSCORE_AUTH_KEYS",), None, _keys, ()),
+    Setting("auth_key_file", "auth_key_file", ("MLSCORE_AUTH_KEY_FILE",), None, _path),
+    Setting("metrics_auth", "metrics_auth", ("MLSCORE_METRICS_AUTH",), None, _switch, False),
+    Setting("ssl_cert", "ssl_cert", ("MLSCORE_SSL_CERT",), None, _path),
+    Setting("ssl_key", "ssl_key", ("MLSCORE_SSL_KEY",), None, _path),
+    Setting("ssl_key_password", None, ("MLSCORE_SSL_KEY_PASSWORD",), None, _text),
     Setting("cors_origins", "cors_origins", ("AML_CORS_ORIGINS",), None, _origins, ()),
     Setting("max_body_bytes", "max_body_bytes", ("MLSCORE_MAX_BODY_BYTES",), None, _integer(1), 100 * 1024 * 1024),
+    Setting("max_json_depth", "max_json_depth", ("MLSCORE_MAX_JSON_DEPTH",), None, _integer(1, 1024), 64),
+    Setting("max_header_bytes", "max_header_bytes", ("MLSCORE_MAX_HEADER_BYTES",), None,
+            _integer(1024, 1024 * 1024), 64 * 1024),
+    Setting("header_timeout", "header_timeout", ("MLSCORE_HEADER_TIMEOUT",), None, _seconds(3600), 10.0),
+    Setting("body_timeout", "body_timeout", ("MLSCORE_BODY_TIMEOUT",), None, _seconds(3600), 30.0),
+    Setting("keep_alive_timeout", "keep_alive_timeout", ("MLSCORE_KEEP_ALIVE_TIMEOUT",), None, _seconds(3600), 75.0),
+    Setting("max_connections", "max_connections", ("MLSCORE_MAX_CONNECTIONS",), None, _integer(1, 1_000_000), 10_000),
     Setting("service_name", None, ("SERVICE_NAME",), None, _text, "ML service"),
     Setting("service_version", None, ("SERVICE_VERSION",), None, _text, "1.0"),
     Setting("path_prefix", None, ("SERVICE_PATH_PREFIX",), None, _text, ""),
@@ -173,6 +224,12 @@ class Settings:
     port: int
     listen_fds: tuple[int, ...]  # inherited listening sockets, served in place of host and port
     log_level: str
+    log_format: str  # text (people) or json (collectors: one object per line)
+    access_log: bool  # a line per request, whatever the log level
+    collect_data: Path | None  # model data collection: the folder of its JSON-lines files
+    collect_rotate_bytes: int  # a data file is closed past this size
+    collect_rotate_seconds: float  # ... or this age
+    collect_buffer: int  # records waiting for the writer; more are dropped and counted
     max_concurrent_requests: int
     max_queue_wait_ms: int
     scoring_timeout_ms: int
@@ -180,9 +237,20 @@ class Settings:
     executor: str
     workers: int
     graceful_timeout: float  # seconds a stop waits for accepted requests
-    auth_keys: tuple[str, ...]
+    auth_keys: tuple[str, ...]  # from --auth-key, MLSCORE_AUTH_KEYS or, as read at start, the key file
+    auth_key_file: Path | None  # re-read while serving when it changes
+    metrics_auth: bool  # /metrics needs a key too
+    ssl_cert: Path | None
+    ssl_key: Path | None
+    ssl_key_password: str | None
     cors_origins: tuple[str, ...]
     max_body_bytes: int
+    max_json_depth: int  # nesting of request JSON the server decodes
+    max_header_bytes: int  # request line and headers together
+    header_timeout: float  # seconds from a request's first byte to the end of its headers
+    body_timeout: float  # longest pause, in seconds, while a request body arrives
+    keep_alive_timeout: float  # seconds an idle connection stays open
+    max_connections: int  # open connections; more are answered 503 and closed
     service_name: str
     service_version: str
     path_prefix: str
@@ -224,8 +292,11 @@ class Settings:
             raise SettingsError(f"{sources['model_name'] if sources['model_name'] != 'default' else 'the model name'}"
                                 f"={values['model_name']!r}: use letters, digits, '.', '_' and '-' (it is part of "
                                 "the /v2/models/NAME routes); --model-name sets it")
+        if values["access_log"] is None:
+            values["access_log"] = values["log_format"] == "json"
         if values["workers"] is None:
             values["workers"] = values["max_concurrent_requests"]
+        _check_security(values, sources)
         if values["app_root"] is None:
             values["app_root"] = Path.cwd()
         return cls(**values, sources=sources)
@@ -234,6 +305,7 @@ class Settings:
         """The effective settings for logs: secrets replaced by their count."""
         shown = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "sources"}
         shown["auth_keys"] = f"{len(self.auth_keys)} key(s)"
+        shown["ssl_key_password"] = "set" if self.ssl_key_password else None
         return {key: str(value) if isinstance(value, Path) else value for key, value in shown.items()}
 
 
@@ -256,6 +328,53 @@ def _lookup(
     if setting.inference_key and setting.inference_key in inference:
         return f"{setting.inference_key} (inference config)", inference[setting.inference_key]
     return None
+
+
+def _check_security(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """Keys read from the key file, and a TLS pair that loads; SettingsError otherwise."""
+    if values["auth_key_file"] is not None:
+        if values["auth_keys"]:
+            raise SettingsError(f"{sources['auth_key_file']} and {sources['auth_keys']}: give the keys one way "
+                                "(a key file, or keys)")
+        try:
+            values["auth_keys"] = read_key_file(values["auth_key_file"])
+        except KeyFileError as error:
+            raise SettingsError(f"{sources['auth_key_file']} {error}") from None
+    if values["ssl_cert"] is None:
+        if values["ssl_key"] is not None:
+            raise SettingsError(f"{sources['ssl_key']}: needs a certificate too (--ssl-cert or MLSCORE_SSL_CERT)")
+        return
+    try:
+        tls_context(values["ssl_cert"], values["ssl_key"], values["ssl_key_password"])
+    except TlsError as error:
+        named = " and ".join(sources[name] for name in ("ssl_cert", "ssl_key") if values[name] is not None)
+        raise SettingsError(f"{named}: {error}") from None
+
+
+class TlsError(ValueError):
+    """A certificate and key that cannot serve TLS."""
+
+
+def tls_context(cert: Path, key: Path | None, password: str | None) -> ssl.SSLContext:
+    """A server TLS context from a PEM certificate (chain) and its key (or one file with both)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for path in (cert, key):
+        if path is not None and not path.is_file():
+            raise TlsError(f"{path}: file not found")
+    try:
+        # A callable, even for no password: with None, OpenSSL would prompt on the terminal for one.
+        context.load_cert_chain(cert, key, lambda: password or "")
+    except PermissionError as error:
+        raise TlsError(f"{error.filename or cert}: cannot be read ({error.strerror})") from None
+    except ssl.SSLError as error:
+        reason = getattr(error, "reason", None) or str(error)
+        if reason == "KEY_VALUES_MISMATCH":
+            raise TlsError("the key does not belong to the certificate (KEY_VALUES_MISMATCH)") from None
+        raise TlsError(f"not a usable PEM certificate and key ({reason}; an encrypted key needs "
+                       "MLSCORE_SSL_KEY_PASSWORD)") from None
+    except OSError as error:
+        raise TlsError(f"cannot be read: {error}") from None
+    return context
 
 
 def _read_json(path: Path, flag: str) -> dict[str, Any]:

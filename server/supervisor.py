@@ -35,6 +35,7 @@ from mlscore.server.worker import (
 
 logger = logging.getLogger("mlscore.server")
 MAX_BACKOFF = 30.0
+WORKER_EXIT_S = 2.0  # how long a stop waits for an idle worker to exit by itself
 # Requests held ready per worker: enough to cover about HOLD_READY_SECONDS of run()s, at most MAX_HELD_READY.
 HOLD_READY_SECONDS = 0.002
 MAX_HELD_READY = 3
@@ -344,7 +345,8 @@ class ProcessExecutor:
         for call in reversed(calls):
             if call.slot is None:
                 self._admission.give_back(call.ticket)
-        worker.kill()
+        if not self._closing:  # closing: close() lets an idle worker exit by itself
+            worker.kill()
         if worker in self._idle:
             self._idle.remove(worker)
         if worker in self._workers:
@@ -358,10 +360,21 @@ class ProcessExecutor:
         asyncio.ensure_future(self._replace(slots))
 
     async def close(self) -> None:
+        """Stop the workers. An idle one sees its socket close and exits by itself, writing the log
+        lines it still holds (within WORKER_EXIT_S, else it is killed); a busy one, whose run() was
+        cut off by the grace period, is killed at once."""
         self._closing = True
-        for worker in list(self._workers):
+        workers = list(self._workers)
+        for worker in workers:
+            if worker.connection is not None and not worker.connection.calls:
+                worker.connection.close()
+            else:
+                worker.kill()
+        deadline = time.monotonic() + WORKER_EXIT_S
+        while time.monotonic() < deadline and any(worker.process.is_alive() for worker in workers):
+            await asyncio.sleep(0.01)
+        for worker in workers:
             worker.kill()
-        for worker in self._workers:
             worker.process.join(timeout=5)
 
     async def _attach(self, worker: Worker) -> None:

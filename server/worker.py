@@ -4,7 +4,7 @@ Frames are a fixed binary header, then NUL-separated text fields, then the raw b
 response bodies cross as they are, never pickled or re-encoded.
 
     request   !BIdIII  kind, sequence number, start-by time (wall clock; 0: none), line, headers and
-                       body lengths | method\\0path\\0query | headers | body
+                       body lengths | method\\0request id\\0path\\0query | headers | body
     cancel    the same header with kind CANCEL and the sequence number of a request not to run
     response  !HdBII   status, run ms (NaN: none), flags, headers and body lengths | headers | body
 
@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from mlscore.scoring import collect
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
 
@@ -53,7 +54,8 @@ def unpack_headers(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def request_frame(request: RawRequest, sequence: int, start_by: float = 0.0) -> bytes:
     """`start_by` is wall-clock (time.time()): a request the worker reaches later is skipped."""
-    line = b"\0".join((request.method.encode(), request.path.encode("utf-8", "surrogateescape"), request.query))
+    line = b"\0".join((request.method.encode(), request.request_id,
+                        request.path.encode("utf-8", "surrogateescape"), request.query))
     headers = pack_headers(request.headers)
     return (REQUEST.pack(RUN, sequence, start_by, len(line), len(headers), len(request.body))
             + line + headers + request.body)
@@ -179,12 +181,12 @@ class RequestReader:
                 self.cancelled.add(sequence)
             else:
                 at = offset + REQUEST.size
-                method, path, query = bytes(data[at:at + line_length]).split(b"\0", 2)
+                method, request_id, path, query = bytes(data[at:at + line_length]).split(b"\0", 3)
                 at += line_length
                 headers = unpack_headers(bytes(data[at:at + headers_length]))
                 body = bytes(data[at + headers_length:end])
                 self.pending.append((sequence, start_by, RawRequest(
-                    method.decode(), path.decode("utf-8", "surrogateescape"), query, headers, body)))
+                    method.decode(), path.decode("utf-8", "surrogateescape"), query, headers, body, request_id)))
             offset = end
         del data[:offset]
 
@@ -194,7 +196,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
     closes the socket. Runs in a spawned process."""
     from mlscore.server.runner import configure_logging, load_pipeline, warm_up
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.collect_data is not None:
+        collect.enable()
     try:
         pipeline = load_pipeline(settings)
     except EntryScriptError as error:

@@ -36,6 +36,15 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, text: str, timeout: float = 10) -> str:
+        """The log once it holds `text` (the server writes its log from a thread of its own, a
+        moment after the event); fails after `timeout` seconds with the log."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, f"{text!r} not in the server's log:\n{log}"
+            time.sleep(0.02)
+        return log
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,9 +93,11 @@ INFERENCE_FIELDS = [
 DEPLOYMENT_FIELDS = {
     "local": [
         ("port", 32267, "port", 32267, None),
+        ("dataCollection.storageEnabled", True, "data_collection.storage_enabled", True, False),
     ],
     "aci": [
         ("containerResourceRequirements.cpu", 2, "container_resource_requirements.cpu", 2.0, 0.1),
+        ("dataCollection.storageEnabled", True, "data_collection.storage_enabled", True, False),
         ("containerResourceRequirements.memoryInGB", 1.5, "container_resource_requirements.memory_in_gb", 1.5, 0.5),
         ("location", "westeurope", "location", "westeurope", None),
         ("authEnabled", True, "auth_enabled", True, False),
@@ -252,8 +255,9 @@ def test_documents_examples_read_as_their_values_say():
     assert aks.auto_scaler == dataclasses.replace(aks.auto_scaler, autoscale_enabled=True, min_replicas=1,
                                                   max_replicas=3, refresh_period_in_seconds=1, target_utilization=70)
     assert aks.data_collection.storage_enabled and aks.auth_enabled
-    assert aks.notes == ("dataCollection.storageEnabled: no model data collection here: log what you need from run() "
-                         "and collect the logs",)
+    assert aks.notes == ("dataCollection.storageEnabled: model data is written as JSON lines to "
+                         "/var/mlscore/model-data on each pod, an emptyDir volume that goes with the pod (mount a "
+                         "PersistentVolumeClaim there to keep it), not to Azure Blob storage",)
 
 
 # --- compute types ------------------------------------------------------------------------------------
@@ -292,7 +296,7 @@ def test_unknown_field_suggests_the_closest_name_and_lists_the_known_ones():
     with pytest.raises(ConfigError) as error:
         load_deployment_config({"computeType": "local", "Port": 80})
     assert problems(error) == ["deployment config: Port: unknown field (did you mean port?); the fields of "
-                               "computeType local are computeType, port"]
+                               "computeType local are computeType, dataCollection, port"]
 
 
 def test_unknown_nested_field_is_named_by_its_path():
@@ -542,20 +546,22 @@ def test_azure_only_fields_are_taken_with_a_note_of_what_happens_instead():
     assert config.notes == (
         "location: ignored: the service runs where its deploy target runs it, not in an Azure region",
         "dnsNameLabel: ignored: the service is reached at the address its deploy target reports",
-        "appInsightsEnabled: no Application Insights here: logs go to stderr as text lines and metrics to "
-        "GET /metrics (Prometheus); point your collectors there",
+        "appInsightsEnabled: no Application Insights here: the server writes JSON log lines to stdout instead (a "
+        "line per request with its id, status and timings), for a collector such as the Azure Monitor agent or "
+        "Fluent Bit, and metrics to GET /metrics (Prometheus)",
         "cname: ignored: point your own DNS name at the address the deploy target reports",
     )
     assert all("\n" not in note for note in config.notes)
 
 
-def test_ssl_enabled_notes_that_tls_is_terminated_in_front(tmp_path):
+def test_ssl_enabled_notes_that_the_container_serves_https_with_the_files_mounted(tmp_path):
     (tmp_path / "c.pem").write_text("")
     (tmp_path / "k.pem").write_text("")
     config = load_deployment_config({"computeType": "aci", "sslEnabled": True, "sslCertificate": "c.pem",
                                      "sslKey": "k.pem"}, base_dir=tmp_path)
-    assert config.notes == ("sslEnabled: mlscore serves plain HTTP: terminate TLS in front of it (a proxy or an "
-                            "ingress) with sslCertificate and sslKey",)
+    assert config.notes == ("sslEnabled: the container serves HTTPS itself: sslCertificate and sslKey are mounted "
+                            "into it read-only when it starts (never copied into the image), and must be readable "
+                            "by its user (uid 1000)",)
 
 
 def test_switches_left_off_give_no_note():
@@ -589,6 +595,29 @@ def test_aks_defaults_pass_on_as_the_documents_defaults():
     env = to_settings_env(load_deployment_config({"computeType": "aks", "authEnabled": False}))
     assert env == {"MLSCORE_MAX_CONCURRENT_REQUESTS": "1", "MLSCORE_MAX_QUEUE_WAIT_MS": "500",
                    "MLSCORE_SCORING_TIMEOUT_MS": "60000"}
+
+
+def test_app_insights_turns_on_json_logs_with_a_line_per_request():
+    for compute_type in ("aci", "aks"):
+        config = load_deployment_config({"computeType": compute_type, "authEnabled": False,
+                                         "appInsightsEnabled": True})
+        env = to_settings_env(config)
+        assert env["MLSCORE_LOG_FORMAT"] == "json"
+        settings = Settings.build({}, environ=env)
+        assert (settings.log_format, settings.access_log) == ("json", True)
+    assert "MLSCORE_LOG_FORMAT" not in to_settings_env(load_deployment_config({"computeType": "aci"}))
+
+
+@pytest.mark.parametrize("compute_type", ["local", "aci", "aks"])
+def test_data_collection_storage_turns_on_data_collection_where_the_target_says(compute_type):
+    config = load_deployment_config({"computeType": compute_type, "dataCollection": {"storageEnabled": True}})
+    keys = service_keys(config)
+    assert to_settings_env(config, keys=keys)["MLSCORE_COLLECT_DATA"] == "model-data"  # the working directory's
+    env = to_settings_env(config, keys=keys, data_dir="/var/mlscore/model-data")
+    assert Settings.build({}, environ=env).collect_data == Path("/var/mlscore/model-data")
+    assert len(config.notes) == 1 and "model data is written as JSON lines" in config.notes[0]
+    off = load_deployment_config({"computeType": compute_type, "dataCollection": {"storageEnabled": False}})
+    assert "MLSCORE_COLLECT_DATA" not in to_settings_env(off, keys=service_keys(off))
 
 
 def test_enable_gpu_false_or_absent_means_cpu():

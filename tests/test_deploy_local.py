@@ -178,3 +178,20 @@ def test_service_errors_name_what_was_wrong(project: Path) -> None:
         assert "has auth off" in mlscore(home, "service", "keys", "svc", check=False).stderr
     finally:
         mlscore(home, "service", "delete", "svc")
+
+
+def test_data_collection_writes_to_the_service_folder_and_outlives_the_service(project: Path) -> None:
+    home = project / "home"
+    (project / "dc.json").write_text(json.dumps({"computeType": "local", "dataCollection": {"storageEnabled": True}}))
+    done = deploy(project, "collecting", "m:1")
+    assert "note: dataCollection.storageEnabled: model data is written as JSON lines to model-data/" in done.stdout
+    uri = show(project, "collecting")["details"]["scoring_uri"]
+    answer = httpx.post(uri, json={"data": 1}, headers={"x-request-id": "local-1"})
+    assert answer.status_code == 200
+    done = mlscore(home, "service", "delete", "collecting")  # the server stops: what it buffered is written
+    data = home / "services" / "collecting" / "model-data"
+    assert f"stays in {data}" in done.stdout
+    (record,) = [json.loads(line) for path in data.rglob("*.jsonl") for line in path.read_text().splitlines()]
+    assert (record["request_id"], record["input"], record["output"]) == ("local-1", {"data": 1}, answer.json())
+    assert record["service"] == "collecting"
+    assert sorted(path.name for path in (home / "services" / "collecting").iterdir()) == ["model-data"]

@@ -91,6 +91,23 @@ def test_aci_builds_runs_and_replaces_the_container_on_update(setup, monkeypatch
     assert setup["registry"].list_services() == []
 
 
+def test_aci_data_collection_writes_to_a_named_volume_and_app_insights_to_json_logs(setup, monkeypatch):
+    monkeypatch.setattr(image, "find_engine", lambda: None)
+    said: list[str] = []
+    deployment = load_deployment_config({"computeType": "aci", "dataCollection": {"storageEnabled": True},
+                                         "appInsightsEnabled": True})
+    service.deploy(setup["registry"], "svc", ["m:1"], setup["inference"], deployment, output=setup["tmp"] / "out",
+                   progress=said.append)
+    dockerfile = (setup["tmp"] / "out" / "Dockerfile").read_text()
+    assert 'MLSCORE_COLLECT_DATA="/var/mlscore/model-data"' in dockerfile
+    assert 'MLSCORE_LOG_FORMAT="json"' in dockerfile
+    assert "chown 1000:1000 /var/mlscore/model-data" in dockerfile and 'VOLUME ["/var/mlscore/model-data"]' in dockerfile
+    printed = "\n".join(said)
+    assert "--volume mlscore-svc-model-data:/var/mlscore/model-data" in printed
+    assert "note: dataCollection.storageEnabled: model data is written as JSON lines to /var/mlscore/model-data" in printed
+    assert "note: appInsightsEnabled: no Application Insights here: the server writes JSON log lines to stdout" in printed
+
+
 def test_aci_container_that_never_turns_ready_fails_with_its_log(setup, monkeypatch):
     FakeEngine(monkeypatch, ready=False)
     deployment = load_deployment_config({"computeType": "aci"})
@@ -148,3 +165,39 @@ def test_an_output_folder_holding_other_files_is_refused(setup, monkeypatch):
                        load_deployment_config({"computeType": "aci"}), output=setup["tmp"] / "busy",
                        progress=lambda line: None)
     assert (setup["tmp"] / "busy" / "thesis.tex").read_text() == "precious"
+
+
+def test_aci_with_ssl_runs_the_container_with_the_pair_mounted_and_scores_over_https(setup, monkeypatch):
+    from test_tls import make_certificate
+
+    cert, key = make_certificate(setup["tmp"])
+    engine = FakeEngine(monkeypatch)
+    contexts: list[image.BuildContext] = []
+    recorded_run = image.run
+    monkeypatch.setattr(image, "run", lambda context, *args: contexts.append(context) or recorded_run(context, *args))
+    deployment = load_deployment_config({"computeType": "aci", "sslEnabled": True, "sslCertificate": cert.name,
+                                         "sslKey": key.name}, base_dir=setup["tmp"])
+    deployed = service.deploy(setup["registry"], "svc", ["m:1"], setup["inference"], deployment,
+                              output=setup["tmp"] / "out", progress=lambda line: None)
+    port = engine.calls[-1][2]
+    assert deployed.scoring_uri == f"https://127.0.0.1:{port}/score"
+    command = contexts[0].run_command("podman", port, "mlscore-svc")
+    assert f"{cert}:/etc/mlscore/tls/cert.pem:ro" in command and f"{key}:/etc/mlscore/tls/key.pem:ro" in command
+    assert key.read_bytes() not in b"".join(path.read_bytes() for path in (setup["tmp"] / "out").rglob("*")
+                                            if path.is_file())
+    updated = service.update(setup["registry"], "svc", ["m:2"], progress=lambda line: None)  # the pair is kept
+    assert updated.scoring_uri.startswith("https://") and contexts[-1].tls == (cert, key)
+
+
+def test_aci_with_a_mismatched_ssl_pair_fails_before_building(setup, monkeypatch):
+    from test_tls import make_certificate
+
+    cert, _ = make_certificate(setup["tmp"], "one")
+    _, other_key = make_certificate(setup["tmp"], "two")
+    engine = FakeEngine(monkeypatch)
+    deployment = load_deployment_config({"computeType": "aci", "sslEnabled": True, "sslCertificate": cert.name,
+                                         "sslKey": other_key.name}, base_dir=setup["tmp"])
+    with pytest.raises(service.DeployError, match="the key does not belong to the certificate"):
+        service.deploy(setup["registry"], "svc", ["m:1"], setup["inference"], deployment,
+                       output=setup["tmp"] / "out", progress=lambda line: None)
+    assert engine.calls == []

@@ -24,7 +24,7 @@ def test_diabetes_scores_the_readme_request(diabetes_server):
 
 def test_diabetes_ready_after_warm_up(diabetes_server):
     assert httpx.get(diabetes_server.url + "/health/ready").json() == {"ready": True}
-    assert "init() and warm-up done" in diabetes_server.log()
+    assert diabetes_server.wait_log("init() and warm-up done")
 
 
 @pytest.mark.parametrize("version, key, value", [("2", "swagger", "2.0"), ("3", "openapi", "3.0.3"), ("3.1", "openapi", "3.1.0")])

@@ -3,7 +3,9 @@ and the top-level runtime Dockerfile."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import ssl
 import subprocess
 import zipfile
 from collections.abc import Sequence
@@ -331,6 +333,47 @@ def test_run_command_names_the_key_variable_and_run_passes_its_value(tmp_path, a
     assert command == ["podman", "run", "--detach", "--name", "churn", "--publish", "8080:5001",
                        "--env", "MLSCORE_AUTH_KEYS", context.image]
     assert env["MLSCORE_AUTH_KEYS"] == KEYS
+
+
+def test_tls_files_are_mounted_read_only_at_run_time_never_copied_into_the_context(tmp_path, app, registry, wheel):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("CERTIFICATE")
+    key.write_text("PRIVATE KEY MATERIAL")
+    context = write(tmp_path, config(tmp_path), [model(registry, tmp_path)], wheel)
+    context = dataclasses.replace(context, tls=(cert, key))
+
+    command = context.run_command("podman", 8443, "churn")
+    assert command[command.index(f"{cert}:/etc/mlscore/tls/cert.pem:ro") - 1] == "--volume"
+    assert command[command.index(f"{key}:/etc/mlscore/tls/key.pem:ro") - 1] == "--volume"
+    assert "MLSCORE_SSL_CERT=/etc/mlscore/tls/cert.pem" in command and "MLSCORE_SSL_KEY=/etc/mlscore/tls/key.pem" in command
+    assert command[-1] == context.image
+    for path in context.path.rglob("*"):
+        if path.is_file():
+            assert b"PRIVATE KEY MATERIAL" not in path.read_bytes(), path
+    assert "MLSCORE_SSL" not in dockerfile_of(context)
+
+
+def test_wait_ready_probes_https_without_checking_the_certificate(monkeypatch):
+    seen: list[Any] = []
+
+    class Answer:
+        status = 200
+
+        def __enter__(self) -> "Answer":
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+    def fake_urlopen(url: str, timeout: float, context: Any = None) -> Answer:
+        seen.append((url, context))
+        return Answer()
+
+    monkeypatch.setattr(image.urllib.request, "urlopen", fake_urlopen)
+    assert image.wait_ready("podman", "abc123", "https://127.0.0.1:9", lambda line: None) is True
+    [(url, context)] = seen
+    assert url == "https://127.0.0.1:9/health/ready"
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
 
 
 # --- rewriting, tags, engines ------------------------------------------------------------------------------

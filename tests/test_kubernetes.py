@@ -66,7 +66,8 @@ def written_variants(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     variants = [
         ({"namespace": "models", "containerResourceRequirements": {"cpu": 1.5, "memoryInGB": 4},
           "gpuCores": 2}, GPU, KEYS, [model(), model("other", 1)]),
-        ({"namespace": "default", "numReplicas": 3, "authEnabled": False}, CPU, None, [model()]),
+        ({"namespace": "default", "numReplicas": 3, "authEnabled": False, "dataCollection": {"storageEnabled": True},
+          "appInsightsEnabled": True}, CPU, None, [model()]),
         ({"autoScaler": {"autoscaleEnabled": False}}, CPU, Keys("only-key"), []),
     ]
     paths: list[Path] = []
@@ -284,6 +285,24 @@ def test_pods_run_as_non_root_without_extra_privileges() -> None:
 
 
 # --- replicas ------------------------------------------------------------------------------------------
+
+
+def test_data_collection_writes_to_an_empty_dir_volume_the_servers_user_can_write() -> None:
+    manifests = render({"dataCollection": {"storageEnabled": True}})
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "model-data", "emptyDir": {}}]
+    assert container(manifests)["volumeMounts"] == [{"name": "model-data", "mountPath": "/var/mlscore/model-data"}]
+    assert pod["securityContext"]["fsGroup"] == 1000  # so that a PersistentVolumeClaim put there is writable too
+    env = environment(manifests)
+    assert env["MLSCORE_COLLECT_DATA"] == "/var/mlscore/model-data"
+    without = render()
+    assert "volumes" not in without["Deployment"]["spec"]["template"]["spec"]
+    assert "MLSCORE_COLLECT_DATA" not in environment(without)
+
+
+def test_app_insights_turns_on_json_request_logs() -> None:
+    assert environment(render({"appInsightsEnabled": True}))["MLSCORE_LOG_FORMAT"] == "json"
+    assert "MLSCORE_LOG_FORMAT" not in environment(render())
 
 
 def test_fixed_replicas_set_the_deployment_and_leave_out_the_autoscaler() -> None:

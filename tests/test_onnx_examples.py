@@ -97,7 +97,7 @@ def test_real_server_scores_the_digits_mlp_in_its_worker_processes(tmp_path):
         response = httpx.post(server.url + "/score", json={"data": DIGITS.data[:100].tolist()})
         assert response.status_code == 200, response.text
         assert np.mean(np.array(response.json()["digits"]) == DIGITS.target[:100]) > 0.9
-        assert "digits_mlp.onnx runs on cpu" in server.log()
+        assert server.wait_log("digits_mlp.onnx runs on cpu")
     finally:
         server.stop()
 

@@ -187,7 +187,7 @@ def test_model_served_on_the_opencl_device(tmp_path):
             assert response.status_code == 200, response.text
             np.testing.assert_allclose(np.array(response.json()["probabilities"]),
                                        reference(batch)["probabilities"], rtol=1e-4, atol=1e-6)
-            assert "loaded on opencl" in server.log()
+            assert server.wait_log("loaded on opencl")
         finally:
             server.stop()
     garbage = tmp_path / "garbage.bin"

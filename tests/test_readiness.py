@@ -104,7 +104,7 @@ def test_failed_warm_up_in_the_worker_processes_keeps_the_replica_unready_with_t
         assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
         assert ready.json()["message"] == ("warm-up run() with the input sample failed: ValueError: all-zero input")
         assert httpx.get(server.url + "/health/live").status_code == 200
-        assert "not ready: warm-up run() with the input sample failed" in server.log()
+        assert server.wait_log("not ready: warm-up run() with the input sample failed")
     finally:
         assert server.stop() == 0
 

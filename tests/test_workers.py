@@ -30,7 +30,7 @@ def test_worker_that_dies_costs_only_its_request_and_is_replaced(tmp_path):
         wait_ready(server.url)
         after = httpx.post(server.url + "/score", content=b"hello", timeout=30)
         assert after.status_code == 200 and after.json()["pid"] != first_pid
-        assert "replacement worker" in server.log()
+        assert server.wait_log("replacement worker")
     finally:
         assert server.stop() == 0
 
@@ -57,7 +57,7 @@ def test_processes_executor_runs_init_in_each_worker_not_in_the_front(tmp_path):
         pids = {httpx.post(server.url + "/score", content=b"x").json()["pid"] for _ in range(10)}
         assert server.process.pid not in pids
         assert 1 <= len(pids) <= 2
-        assert "2 scoring worker(s) ready" in server.log()
+        assert server.wait_log("2 scoring worker(s) ready")
     finally:
         server.stop()
 

@@ -3,6 +3,7 @@
 import joblib
 import numpy as np
 import pandas as pd
+from azureml.contrib.services.aml_response import AMLResponse
 from azureml.core.model import Model
 from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
 from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
@@ -32,4 +33,9 @@ output_sample = np.array([151.0])
 @input_schema("data", PandasParameterType(input_sample))
 @output_schema(NumpyParameterType(output_sample))
 def run(data):
-    return model.predict(data).round(3).tolist()
+    try:
+        return model.predict(data).round(3).tolist()
+    except ValueError as error:
+        # scikit-learn refuses input it cannot use (here: values so large that scaling overflows):
+        # the client's to fix, so a 400 rather than a failed run().
+        return AMLResponse({"message": f"The model cannot score this input: {error}"}, 400)
