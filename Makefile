@@ -26,7 +26,7 @@ test-slow: models
 	$(PY) -m pytest -m slow
 
 bench: models
-	$(PY) benchmarks/http_bench.py --write-results
+	$(PY) benchmarks/compare.py --write-results
 
 clean:
 	rm -rf $(VENV) examples/*/models benchmarks/.work .pytest_cache
