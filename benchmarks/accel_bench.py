@@ -981,9 +981,7 @@ def write_results(args: argparse.Namespace, busy_before: float, body: list[str],
         *(["Targets:", "", *[f"- {line}" for line in verdicts], ""] if verdicts else []),
         *body, "",
     ]
-    with RESULTS_MD.open("a") as out:
-        out.write("\n".join(section))
-    print(f"appended to {RESULTS_MD}")
+    http_bench.append_results(section)
 
 
 def method_lines(args: argparse.Namespace, parts: list[str], http: HttpResults | None) -> list[str]:
@@ -1043,7 +1041,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    http_bench.run_script(main)

@@ -435,9 +435,7 @@ def write_results(args: argparse.Namespace, reports: list[ScenarioReport], busy_
         "", "```", command, "```", "",
         *[line for report in reports for line in report.lines], "",
     ]
-    with RESULTS_MD.open("a") as out:
-        out.write("\n".join(section))
-    print(f"appended to {RESULTS_MD}")
+    http_bench.append_results(section)
 
 
 # --------------------------------------------------------------------------- main
@@ -471,7 +469,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    http_bench.run_script(main)

@@ -649,9 +649,22 @@ def write_results(args: argparse.Namespace, table: str, ratios: list[str], ready
     if not RESULTS_MD.exists():
         RESULTS_MD.write_text("# HTTP benchmark results\n\nAppended by `benchmarks/http_bench.py --write-results`."
                               " See benchmarks/README.md.\n\n")
+    append_results(section)
+
+
+def append_results(section: list[str]) -> None:
+    """Append a dated section (its lines) to RESULTS.md: every benchmark's --write-results."""
     with RESULTS_MD.open("a") as out:
         out.write("\n".join(section))
     print(f"appended to {RESULTS_MD}")
+
+
+def run_script(main: Callable[[], int]) -> None:
+    """Exit with `main()`'s status; 130 after Ctrl-C (each main stops its servers on the way out)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 # --------------------------------------------------------------------------- main
@@ -710,7 +723,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_script(main)

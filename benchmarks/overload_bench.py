@@ -47,7 +47,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from http_bench import (  # run as a script, benchmarks/ is on sys.path
-    BENCH, BUSY_SHARE, HOST, LOGS, REPO, RESULTS_MD, VENV_PY, WORK, Server, ServerSpec, _raise_on_sigterm,
+    BENCH, append_results, run_script, BUSY_SHARE, HOST, LOGS, REPO, RESULTS_MD, VENV_PY, WORK, Server, ServerSpec, _raise_on_sigterm,
     cpu_busy_share, ensure_peer_venv, environment_lines, free_port, git_revision, markdown_table,
     mlscore_command, name_list, package_versions, peer_command, start_all, stop_servers, wait_idle,
 )
@@ -673,9 +673,7 @@ def write_results(args: argparse.Namespace, lines: list[str], ready_s: dict[str,
         "", "```", command, "```", "",
         *lines, "",
     ]
-    with RESULTS_MD.open("a") as out:
-        out.write("\n".join(section))
-    print(f"appended to {RESULTS_MD}")
+    append_results(section)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -709,7 +707,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_script(main)
