@@ -749,7 +749,8 @@ def _json_object(schema: Schema, record: Any) -> dict[str, Any]:
 _ENV = {setting.name: setting.env[0] for setting in SETTINGS}  # the server's own variable names
 
 
-def _auth_enabled(config: DeploymentConfig) -> bool:
+def auth_enabled(config: DeploymentConfig) -> bool:
+    """Whether a service deployed with `config` asks for keys (aci and aks with authEnabled)."""
     return isinstance(config, (AciConfig, AksConfig)) and config.auth_enabled
 
 
@@ -757,7 +758,7 @@ def service_keys(config: DeploymentConfig) -> Keys | None:
     """The keys a service deployed with `config` answers to: None with auth off; else the config's own
     keys (AKS `keys`), with each one not given generated, as Azure does. Each call generates afresh:
     store what it returns."""
-    if not _auth_enabled(config):
+    if not auth_enabled(config):
         return None
     given = config.keys if isinstance(config, AksConfig) else Keys()
     return Keys(given.primary_key or secrets.token_urlsafe(32), given.secondary_key or secrets.token_urlsafe(32))
@@ -782,7 +783,7 @@ def to_settings_env(deployment: DeploymentConfig, inference: InferenceConfig | N
         env[_ENV["max_concurrent_requests"]] = str(deployment.max_concurrent_requests_per_container)
         env[_ENV["max_queue_wait_ms"]] = str(deployment.max_queue_wait_ms)
         env[_ENV["scoring_timeout_ms"]] = str(deployment.scoring_timeout_ms)
-    if _auth_enabled(deployment):
+    if auth_enabled(deployment):
         if keys is None or keys.primary_key is None:
             raise ValueError("authEnabled is true but no keys were given: pass service_keys(config)")
         env[_ENV["auth_keys"]] = ",".join(key for key in (keys.primary_key, keys.secondary_key) if key)

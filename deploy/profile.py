@@ -33,6 +33,7 @@ from typing import Any
 
 from mlscore.deploy.configs import ConfigError, InferenceConfig, LocalConfig, load_inference_config, to_settings_env
 from mlscore.deploy.layout import lay_out_models
+from mlscore.deploy.local_host import log_tail
 from mlscore.deploy.registry import HOME_ENV, Registry, RegistryError
 # the same models, --entry-script and --app-root as a deploy
 from mlscore.deploy.service import DeployError, model_versions, serve_args
@@ -386,14 +387,14 @@ def _wait_ready(process: subprocess.Popen, log: Path) -> _Server:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ProfileError(f"the server exited with status {process.returncode} before it was ready; "
-                               f"the end of {log}:\n{_tail(log)}")
+                               f"the end of {log}:\n{log_tail(log)}")
         if address is None:
             match = _SERVING.search(log.read_text(encoding="utf-8", errors="replace"))
             address = (match.group(1), int(match.group(2))) if match else None
         if address is not None and _get(f"http://{address[0]}:{address[1]}/health/ready")[0] == 200:
             return _Server(process, f"http://{address[0]}:{address[1]}", address[0], address[1], log)
         time.sleep(0.1)
-    raise ProfileError(f"the server was not ready within {READY_TIMEOUT_S:g} s; the end of {log}:\n{_tail(log)}")
+    raise ProfileError(f"the server was not ready within {READY_TIMEOUT_S:g} s; the end of {log}:\n{log_tail(log)}")
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -421,13 +422,6 @@ def _get(url: str) -> tuple[int, bytes]:
         return error.code, error.read()
     except OSError:
         return 0, b""
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _sample_from_swagger(url: str) -> Sample:
@@ -470,7 +464,7 @@ async def _measure(server: _Server, sample: Sample, plan: Plan, progress: Progre
                                  client_used / elapsed))
             if server.process.poll() is not None:
                 raise ProfileError(f"the server exited with status {server.process.returncode} at concurrency "
-                                   f"{concurrency}; the end of {server.log}:\n{_tail(server.log)}")
+                                   f"{concurrency}; the end of {server.log}:\n{log_tail(server.log)}")
     return levels, memory.measure
 
 

@@ -24,6 +24,7 @@ from mlscore.deploy.configs import (
     InferenceConfig,
     Keys,
     LocalConfig,
+    auth_enabled,
     load_deployment_config,
     load_inference_config,
     service_keys,
@@ -94,13 +95,20 @@ def update(registry: Registry, name: str, models: Sequence[str] | None = None,
                           f"{deployment.COMPUTE_TYPE}: delete it and deploy again")
     versions = model_versions(registry, models if models is not None else current.record.models)
     deployment = deployment or current.deployment
-    keys = current.keys if current.keys is not None else service_keys(deployment)
-    if isinstance(deployment, AksConfig) and (deployment.keys.primary_key or deployment.keys.secondary_key):
-        keys = service_keys(deployment)  # keys given in the new config replace the stored ones
-    if keys is not None and service_keys(deployment) is None:
-        keys = None  # auth turned off
-    return _run(registry, name, versions, inference or current.inference, deployment, keys,
-                output or _stored_output(current), progress, previous=current)
+    return _run(registry, name, versions, inference or current.inference, deployment,
+                _keys_after_update(current.keys, deployment), output or _stored_output(current), progress,
+                previous=current)
+
+
+def _keys_after_update(stored: Keys | None, deployment: DeploymentConfig) -> Keys | None:
+    """None when auth is off; keys the new config gives (the other generated); else the stored keys,
+    or new ones when the service had none."""
+    if not auth_enabled(deployment):
+        return None
+    given = deployment.keys if isinstance(deployment, AksConfig) else Keys()
+    if stored is None or given.primary_key or given.secondary_key:
+        return service_keys(deployment)
+    return stored
 
 
 def delete(registry: Registry, name: str, progress: Progress = print) -> None:

@@ -201,3 +201,18 @@ def test_aci_with_a_mismatched_ssl_pair_fails_before_building(setup, monkeypatch
         service.deploy(setup["registry"], "svc", ["m:1"], setup["inference"], deployment,
                        output=setup["tmp"] / "out", progress=lambda line: None)
     assert engine.calls == []
+
+
+def test_an_update_turning_auth_off_drops_the_keys_and_turning_it_on_makes_them(setup, monkeypatch):
+    engine = FakeEngine(monkeypatch)
+    quiet = lambda line: None  # noqa: E731
+    service.deploy(setup["registry"], "svc", ["m:1"], setup["inference"],
+                   load_deployment_config({"computeType": "aci", "authEnabled": True}), output=setup["tmp"] / "out",
+                   progress=quiet)
+    off = service.update(setup["registry"], "svc", deployment=load_deployment_config({"computeType": "aci"}),
+                         progress=quiet)
+    assert off.keys is None and engine.calls[-1][4] == {}
+    on = service.update(setup["registry"], "svc",
+                        deployment=load_deployment_config({"computeType": "aci", "authEnabled": True}), progress=quiet)
+    assert on.keys is not None and on.keys.primary_key and on.keys.secondary_key
+    assert engine.calls[-1][4]["MLSCORE_AUTH_KEYS"] == f"{on.keys.primary_key},{on.keys.secondary_key}"
