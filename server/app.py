@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,16 +13,19 @@ from typing import AsyncIterator, Protocol
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlscore.scoring.swagger import SwaggerDocuments
-from mlscore.server.admission import AdmissionQueue, Slot, Ticket
+from mlscore.server.admission import STARTED, AdmissionQueue, Slot, Ticket
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.server.data_collection import DataCollector
 from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception, v2_error_body
 from mlscore.server.logs import AccessLog
 from mlscore.server.metrics import Metrics
+from mlscore.server.protocol import DirectRequest
+from mlscore.server.request_ids import pick_headers
 from mlscore.server.routes import Routes
 from mlscore.server.settings import Settings
 
@@ -114,7 +118,9 @@ def create_app(state: ServerState) -> ASGIApp:
 
 
 class ScoreFirst:
-    """Answers /score itself and hands every other request to the Starlette app, counting both."""
+    """Answers /score itself and hands every other request to the Starlette app, counting both. It
+    is also the connection's DirectHandler (protocol.py): most scoring POSTs reach it through
+    `direct`, without ASGI."""
 
     def __init__(self, routes: Routes, metrics: Metrics, other: ASGIApp, infer_path: str | None,
                  access: AccessLog | None = None) -> None:
@@ -123,6 +129,8 @@ class ScoreFirst:
         self._other = other
         self._infer_path = infer_path  # POST /v2/models/NAME/infer when a model is served
         self._access = access
+        self.paths = frozenset(path.encode() for path in ("/score", infer_path) if path)
+        self.max_body = routes.state.settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,20 +148,70 @@ class ScoreFirst:
             # JSON 503, and the task ends quietly (the cancellation has done its work).
             self._metrics.request(route, 503)
             with contextlib.suppress(Exception):
-                await json_error(503, "The server stopped before this request was answered (its shutdown grace "
-                                 "period ran out).", [(b"retry-after", b"1")])(scope, receive, send)
+                await _stopped()(scope, receive, send)
             return
         except Exception:
             logger.exception("unhandled error answering %s %s", scope["method"], route)
             response = json_error(500, INTERNAL_ERROR)
+        response = self._counted(route, response)
+        await response(scope, receive, send)
+        if self._access is not None:
+            self._access.request(scope, route, response.status_code, response.raw_headers, started)
+
+    def direct(self, request: DirectRequest) -> None:
+        """A scoring POST with its body, from the connection itself: answered at once when it is
+        refused, else from the ticket's done callback (no task is made for it)."""
+        started = time.perf_counter() if self._access is not None else 0.0
+        routes = self._routes
+        try:
+            picked = pick_headers(request.headers)
+            checked = routes.check("POST", request.path, request.headers, picked)
+            if isinstance(checked, tuple):
+                headers, ids = checked
+                begun = routes.begin("POST", request.path, request.query, headers, request.body, picked, ids)
+                if isinstance(begun, Ticket):
+                    if begun.state != STARTED:
+                        request.on_disconnect = functools.partial(routes.client_left, begun)
+                    begun.answer.add_done_callback(
+                        functools.partial(self._scored, request, begun, ids, started))
+                    return
+                checked = begun
+        except Exception:
+            logger.exception("unhandled error answering POST %s", request.path)
+            checked = json_error(500, INTERNAL_ERROR)
+        self._answer(request, checked, started)
+
+    def _scored(self, request: DirectRequest, ticket: Ticket, ids: list[tuple[bytes, bytes]], started: float,
+                answer: asyncio.Future[object]) -> None:
+        request.on_disconnect = None
+        try:
+            response = self._routes.finish(ticket, ids)
+        except Exception:
+            logger.exception("unhandled error answering POST %s", request.path)
+            response = json_error(500, INTERNAL_ERROR)
+        self._answer(request, response, started)
+
+    def _answer(self, request: DirectRequest, response: Response, started: float) -> None:
+        response = self._counted(request.path, response)
+        request.respond(response)
+        if self._access is not None:
+            self._access.request({"method": "POST", "client": request.client}, request.path, response.status_code,
+                                 response.raw_headers, started)
+
+    def cut_off(self, request: DirectRequest) -> None:
+        """The shutdown's grace period ran out with this request open (queued, or its run() still going)."""
+        self._metrics.request(request.path, 503)
+        request.respond(_stopped())
+
+    def _counted(self, route: str, response: Response) -> Response:
+        """A scoring response counted in the metrics, in the V2 error shape on the infer route, and
+        closing its connection while the server drains."""
         self._metrics.request(route, response.status_code)
         if route == self._infer_path and response.status_code >= 400:
             response = v2_error_body(response)
         if self._routes.state.draining:
             response.raw_headers.append(CONNECTION_CLOSE)
-        await response(scope, receive, send)
-        if self._access is not None:
-            self._access.request(scope, route, response.status_code, response.raw_headers, started)
+        return response
 
     def _counting(self, scope: Scope, send: Send, started: float) -> Send:
         path = scope["path"]
@@ -170,6 +228,11 @@ class ScoreFirst:
             await send(message)
 
         return counted
+
+
+def _stopped() -> Response:
+    return json_error(503, "The server stopped before this request was answered (its shutdown grace period "
+                      "ran out).", [(b"retry-after", b"1")])
 
 
 CONNECTION_CLOSE = (b"connection", b"close")  # uvicorn closes the connection after a response that says so

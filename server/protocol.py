@@ -6,20 +6,84 @@ connection that sends nothing is closed like an idle kept-alive one, and connect
 bound have their request answered 503.
 
 The checks cost nothing on a request that arrives in one read: the timers are armed only when a
-request is split across reads."""
+request is split across reads.
+
+The scoring POSTs take a shorter way than ASGI (a `DirectHandler`, the app's ScoreFirst): the
+connection hands the handler the request once its body is in, and the handler answers it, from a
+callback when the scoring is done, with status, headers and body written in one go. No task, no
+ASGI messages and no scope per request: on a small model that is about a third of the front's
+work. Everything else (other routes and methods, chunked or over-long bodies, `Expect:
+100-continue`, pipelined requests, streamed responses) goes through uvicorn's ASGI cycle as before."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable, Protocol
 
+import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol, RequestResponseCycle,
+)
 
 logger = logging.getLogger("mlscore.server")
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+class DirectHandler(Protocol):
+    """Answers the scoring POSTs without ASGI (server/app.py's ScoreFirst)."""
+
+    paths: frozenset[bytes]  # the raw paths it takes
+    max_body: int  # longer bodies go the ASGI way, which refuses them with 413
+
+    def direct(self, request: "DirectRequest") -> None:
+        """Take a request whose body is in; answer it with `request.respond`, now or later."""
+
+    def cut_off(self, request: "DirectRequest") -> None:
+        """Answer a request still open when the shutdown's grace period ran out."""
+
+
+class _NoEvent:
+    def set(self) -> None:
+        """Nothing waits on a direct request: its handler hears of a lost connection through on_disconnect."""
+
+
+class DirectRequest:
+    """One scoring POST answered by its connection without ASGI. It stands in for uvicorn's
+    RequestResponseCycle as the connection's `cycle`, so uvicorn's keep-alive, pipelining and
+    shutdown code reads the same attributes from it."""
+
+    __slots__ = ("path", "query", "headers", "chunks", "keep_alive", "client", "on_disconnect",
+                 "response_started", "response_complete", "disconnected", "_connection")
+
+    method = "POST"
+    message_event = _NoEvent()  # uvicorn sets a cycle's event when its connection is lost
+
+    def __init__(self, connection: "GuardedHttpToolsProtocol", path: str, query: bytes,
+                 headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.chunks: list[bytes] = []
+        self.keep_alive = keep_alive
+        self.client = connection.client
+        self.on_disconnect: Callable[[], None] | None = None  # the handler's, while the request waits
+        self.response_started = False
+        self.response_complete = False
+        self.disconnected = False
+        self._connection = connection
+
+    @property
+    def body(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+    def respond(self, response: Response) -> None:
+        """Send the response (once; nothing when the client has gone)."""
+        if not self.response_started and not self.disconnected:
+            self._connection.respond(self, response)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -30,6 +94,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 30.0
     max_connections = 10_000
+    direct_handler: DirectHandler | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -40,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._over_limit = False
+        self._direct: DirectRequest | None = None  # the latest request taken without ASGI
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -50,7 +116,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        pending = self.pending_direct
+        if pending is not None:
+            pending.disconnected = True
+            if pending.on_disconnect is not None:
+                pending.on_disconnect()
         super().connection_lost(exc)
+
+    @property
+    def pending_direct(self) -> DirectRequest | None:
+        """The scoring request this connection answers without ASGI and has not answered yet."""
+        return self._direct if self._direct is not None and not self._direct.response_complete else None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -69,8 +145,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
 
     def on_message_begin(self) -> None:
+        # uvicorn builds the request's ASGI scope here; it is built in on_headers_complete instead,
+        # only for a request that goes the ASGI way.
         if not self._refused:
-            super().on_message_begin()
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
 
     def on_headers_complete(self) -> None:
         if self._refused:
@@ -87,14 +167,55 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        if self.direct_handler is not None and self._take_direct(self.direct_handler):
+            return
+        self.scope = self._new_scope(self.headers)
         super().on_headers_complete()
+
+    def _new_scope(self, headers: list[tuple[bytes, bytes]]) -> Any:
+        """A request's ASGI scope as uvicorn's on_message_begin makes it, leaving alone the parser's
+        state (the request being read may be a later one than the scope is for)."""
+        kept = self.url, self.headers, self.expect_100_continue, self.scope
+        super().on_message_begin()
+        scope = self.scope
+        self.url, self.headers, self.expect_100_continue, self.scope = kept
+        scope["headers"] = headers
+        return scope
+
+    def _take_direct(self, handler: DirectHandler) -> bool:
+        """Start a request without ASGI when it is a POST to a scoring route with a body of declared
+        length within the limit, on a connection with nothing else in progress."""
+        if self.parser.get_method() != b"POST" or self.expect_100_continue or self.parser.should_upgrade():
+            return False
+        if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
+            return False
+        parsed = httptools.parse_url(self.url)
+        if parsed.path not in handler.paths:
+            return False
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return False
+                length = int(value)
+            elif name == b"transfer-encoding":
+                return False
+        if length is None or length > handler.max_body:
+            return False
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        self.cycle = self._direct = DirectRequest(  # type: ignore[assignment]  # read as a cycle by uvicorn
+            self, parsed.path.decode("ascii"), parsed.query or b"", self.headers, keep_alive)
+        return True
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
             return
         if self._body_timer is not None:
             self._last_body_at = self.loop.time()
-        super().on_body(body)
+        if self.cycle is self._direct:
+            self._direct.chunks.append(body)  # within the declared length, which is within the limit
+        else:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._refused:
@@ -103,7 +224,57 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        super().on_message_complete()
+        if self.cycle is self._direct:
+            assert self.direct_handler is not None and self._direct is not None
+            self.direct_handler.direct(self._direct)
+        else:
+            super().on_message_complete()
+
+    def respond(self, request: DirectRequest, response: Response) -> None:
+        """Write a direct request's response: status line, headers and body in one write, or, for a
+        streamed body, through an ASGI cycle of its own."""
+        request.response_started = True
+        body = getattr(response, "body", None)
+        if not isinstance(body, bytes):
+            self._stream(request, response)
+            return
+        headers = self.server_state.default_headers + response.raw_headers
+        names = b"".join([name for name, _ in headers])
+        values = b"".join([value for _, value in headers])
+        if HEADER_RE.search(names) or HEADER_VALUE_RE.search(values):
+            logger.error("a response header for %s is not valid HTTP: %r", request.path, headers)
+            body = orjson.dumps({"message": "The response had a header that is not valid HTTP; see the server log."})
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+            response.status_code = 500
+        content = [STATUS_LINE[response.status_code]]
+        closes = False  # the response says Connection: close
+        for name, value in headers:
+            if name == b"connection" and b"close" in value.lower():
+                closes = True
+            content.extend((name, b": ", value, b"\r\n"))
+        if not request.keep_alive and not closes:
+            content.append(b"connection: close\r\n")
+        content.extend((b"\r\n", body))
+        self.transport.write(b"".join(content))
+        request.response_complete = True
+        if closes or not request.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+    def _stream(self, request: DirectRequest, response: Response) -> None:
+        """A streamed body goes out through uvicorn's ASGI cycle (chunked encoding, flow control)."""
+        scope = self._new_scope(request.headers)
+        scope.update(method="POST", path=request.path, raw_path=request.path.encode(), query_string=request.query)
+        cycle = RequestResponseCycle(
+            scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=False, keep_alive=request.keep_alive, on_response=self.on_response_complete)
+        cycle.more_body = False
+        request.response_complete = True  # from here on the cycle stands for it
+        if self.cycle is request:
+            self.cycle = cycle
+        self._start_asgi_task(cycle, response)
 
     def _exact_header_bytes(self) -> int:
         """The request line and headers, counted when a read held more than the limit: that read
@@ -153,8 +324,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def protocol_class(max_header_bytes: int, header_timeout: float, body_timeout: float,
-                   max_connections: int) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class for uvicorn's `http` setting, holding one server's limits."""
+                   max_connections: int, direct_handler: DirectHandler | None = None
+                   ) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class for uvicorn's `http` setting, holding one server's limits (and the
+    handler of the scoring POSTs, when they are answered without ASGI)."""
     limits = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout,
-              "body_timeout": body_timeout, "max_connections": max_connections}
+              "body_timeout": body_timeout, "max_connections": max_connections, "direct_handler": direct_handler}
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)

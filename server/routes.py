@@ -16,7 +16,7 @@ from mlscore.scoring.kserve_v2 import tensor_metadata
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
-from mlscore.server.admission import AdmissionQueue, Rejected, Ticket
+from mlscore.server.admission import STARTED, Rejected, Ticket
 from mlscore.server.auth import AuthKeys
 from mlscore.server.errors import METHOD_NOT_ALLOWED, BytesResponse, json_error
 from mlscore.server.metrics import CONTENT_TYPE
@@ -134,23 +134,13 @@ class Routes:
 
     async def score(self, scope: Scope, receive: Receive, route: str = "/score") -> Response:
         """/score for every method (and a served model's V2 infer route), answered without
-        Starlette's routing and Request object: this is the hot path, and they cost about a third
-        of the time of a whole small request."""
+        Starlette's routing and Request object. (The server itself takes most POSTs a shorter way,
+        without ASGI: see `begin` and protocol.py.)"""
         picked = pick_headers(scope["headers"])
-        method = scope["method"]
-        try:
-            ids = response_id_headers(picked)
-        except RequestIdTooLong as error:
-            return json_error(431, str(error), error.headers)
-        allowed, allowed_text = (SCORE_METHODS, _ALLOWED) if route == "/score" else (_POST_ONLY, b"POST")
-        if method not in allowed:
-            message = METHOD_NOT_ALLOWED.format(method=method, path=route, allowed=allowed_text.decode())
-            return json_error(405, message, [(b"allow", allowed_text), *ids])
-        headers = scope["headers"]
-        if self.auth.enabled:
-            if not self.auth.authorized(picked.get(b"authorization", b"")):
-                return _unauthorized(ids)
-            headers = [item for item in headers if item[0] != b"authorization"]  # the key stays here, not in run()
+        checked = self.check(scope["method"], route, scope["headers"], picked)
+        if isinstance(checked, Response):
+            return checked
+        headers, ids = checked
         try:
             body = await self._read_body(receive, picked.get(b"content-length"))
         except BodyTooLarge:
@@ -159,6 +149,40 @@ class Routes:
                               [*ids, _CONNECTION_CLOSE])
         except ClientDisconnect:
             return json_error(400, "The client disconnected before sending the whole body.", ids)
+        begun = self.begin(scope["method"], scope["path"], scope["query_string"], headers, body, picked, ids)
+        if isinstance(begun, Response):
+            return begun
+        if begun.state != STARTED:
+            begun = await self._queued(begun, receive)
+        else:
+            await begun.answer
+        return self.finish(begun, ids)
+
+    def check(self, method: str, route: str, headers: list[tuple[bytes, bytes]], picked: dict[bytes, bytes]
+              ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]] | Response:
+        """What can be refused before the body is read (431, 405, 401); else the headers run() gets
+        and the request ids the response carries."""
+        try:
+            ids = response_id_headers(picked)
+        except RequestIdTooLong as error:
+            return json_error(431, str(error), error.headers)
+        allowed, allowed_text = (SCORE_METHODS, _ALLOWED) if route == "/score" else (_POST_ONLY, b"POST")
+        if method not in allowed:
+            message = METHOD_NOT_ALLOWED.format(method=method, path=route, allowed=allowed_text.decode())
+            return json_error(405, message, [(b"allow", allowed_text), *ids])
+        if self.auth.enabled:
+            if not self.auth.authorized(picked.get(b"authorization", b"")):
+                return _unauthorized(ids)
+            headers = [item for item in headers if item[0] != b"authorization"]  # the key stays here, not in run()
+        return headers, ids
+
+    def begin(self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+              picked: dict[bytes, bytes], ids: list[tuple[bytes, bytes]]) -> Ticket | Response:
+        """A checked request with its whole body: refused at once (not ready, a bad deadline header, a
+        full queue), or its ticket, which holds a slot and is scoring, or is queued.
+        Either way the ticket's answer completes by itself, on time; `finish` turns it into HTTP. A
+        ticket whose state is not STARTED is queued (or held ready by a worker): `client_left` takes
+        it out if its client goes."""
         executor = self.state.executor
         if not executor.ready:
             self.state.metrics.rejected("not_ready")
@@ -167,36 +191,46 @@ class Routes:
             budget = self._budget(picked.get(b"x-ms-request-timeout-ms"))
         except ValueError as error:
             return json_error(400, str(error), ids)
-        raw = RawRequest(method, scope["path"], scope["query_string"], headers, body, request_id_of(ids))
-        return await self._admit_and_score(raw, budget, receive, ids)
-
-    async def _admit_and_score(self, raw: RawRequest, budget: float, receive: Receive,
-                               ids: list[tuple[bytes, bytes]]) -> Response:
-        """Get a slot (waiting in the queue if need be), score, and turn the result into HTTP."""
         loop = asyncio.get_running_loop()
-        admission = self.state.admission
-        metrics = self.state.metrics
+        raw = RawRequest(method, path, query, headers, body, request_id_of(ids))
         ticket = Ticket(raw, loop.time(), budget, loop.create_future())
+        admission = self.state.admission
         slot = admission.try_acquire()
         if slot is not None:
-            self.state.executor.submit(ticket, slot)
-            result: RawResponse = await ticket.answer
-        else:
-            queued = await self._queued(ticket, min(budget, self._queue_wait), receive)
-            if isinstance(queued, Rejected):
-                metrics.rejected(queued.reason)
-                extra = [_retry_after(queued.retry_after)] if queued.status == 503 else []
-                return json_error(queued.status, queued.message, [*extra, *ids])
-            result = queued
-        finished = loop.time()
-        admission.record_hold(finished - ticket.started)
+            ticket.state = STARTED
+            executor.submit(ticket, slot)
+            return ticket
+        full = admission.enqueue(ticket, min(budget, self._queue_wait))
+        if full is not None:
+            return self._refused(full, ids)
+        return ticket
+
+    def finish(self, ticket: Ticket, ids: list[tuple[bytes, bytes]]) -> Response:
+        """A ticket's answer as HTTP, counted in the metrics (and recorded, with data collection)."""
+        outcome: RawResponse | Rejected = ticket.answer.result()
+        if isinstance(outcome, Rejected):
+            return self._refused(outcome, ids)
+        finished = asyncio.get_running_loop().time()
+        self.state.admission.record_hold(finished - ticket.started)
         queued = ticket.started - ticket.arrived
-        metrics.scored(finished - ticket.arrived, queued, result.run_ms)
-        if result.failure:
-            metrics.rejected(result.failure)
+        metrics = self.state.metrics
+        metrics.scored(finished - ticket.arrived, queued, outcome.run_ms)
+        if outcome.failure:
+            metrics.rejected(outcome.failure)
         if self._collector is not None:
-            self._collector.record(raw, result)
-        return _http_response(result, ids, queued * 1000.0)
+            self._collector.record(ticket.request, outcome)
+        return _http_response(outcome, ids, queued * 1000.0)
+
+    def client_left(self, ticket: Ticket) -> None:
+        """The client of a queued request closed its connection: the request leaves the queue, and
+        run() is never called for it (one already scoring runs to its end)."""
+        if self.state.admission.leave(ticket) and not ticket.answer.done():
+            ticket.answer.set_result(DISCONNECTED)
+
+    def _refused(self, rejected: Rejected, ids: list[tuple[bytes, bytes]]) -> Response:
+        self.state.metrics.rejected(rejected.reason)
+        extra = [_retry_after(rejected.retry_after)] if rejected.status == 503 else []
+        return json_error(rejected.status, rejected.message, [*extra, *ids])
 
     def _budget(self, header: bytes | None) -> float:
         """Seconds this request may take in all: the client's x-ms-request-timeout-ms can only
@@ -209,22 +243,19 @@ class Routes:
                              f"got {header.decode('latin-1')!r}.")
         return min(limit, int(header) / 1000.0)
 
-    async def _queued(self, ticket: Ticket, wait: float, receive: Receive) -> RawResponse | Rejected:
+    async def _queued(self, ticket: Ticket, receive: Receive) -> Ticket:
         """Wait in the queue, then for the answer. A request still queued after WATCH_AFTER seconds
         has its connection watched: a client that leaves is taken out of the queue, and run() is
         never called for it. (A watcher costs a task; most waits end well before WATCH_AFTER. It
         ends by itself once the response is sent, as receive() then reports a disconnect: it is
         never cancelled, since a cancelled task keeps a reference cycle for the garbage collector.)"""
-        admission = self.state.admission
-        full = admission.enqueue(ticket, wait)
-        if full is not None:
-            return full
-        watch = asyncio.get_running_loop().call_later(WATCH_AFTER, _watch, receive, admission, ticket)
+        watch = asyncio.get_running_loop().call_later(WATCH_AFTER, _watch, receive, self, ticket)
         try:
-            return await ticket.answer
+            await ticket.answer
         finally:
             watch.cancel()
-            admission.leave(ticket)  # when this handler itself is cancelled while queued
+            self.state.admission.leave(ticket)  # when this handler itself is cancelled while queued
+        return ticket
 
     async def _read_body(self, receive: Receive, declared: bytes | None) -> bytes:
         """The whole body; refused from Content-Length alone when it declares more than the limit."""
@@ -274,15 +305,14 @@ def _retry_after(seconds: int) -> tuple[bytes, bytes]:
     return (b"retry-after", str(seconds).encode())
 
 
-def _watch(receive: Receive, admission: AdmissionQueue, ticket: Ticket) -> None:
-    asyncio.ensure_future(_left_queue(receive, admission, ticket))
+def _watch(receive: Receive, routes: Routes, ticket: Ticket) -> None:
+    asyncio.ensure_future(_left_queue(receive, routes, ticket))
 
 
-async def _left_queue(receive: Receive, admission: AdmissionQueue, ticket: Ticket) -> None:
+async def _left_queue(receive: Receive, routes: Routes, ticket: Ticket) -> None:
     """Waits until the client closes the connection or the response has been sent (the body has
     been read already, so receive() has nothing else to report); if the request is still queued
-    then, its client left: it leaves the queue, and its handler answers 400."""
+    then, its client left."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    if admission.leave(ticket) and not ticket.answer.done():
-        ticket.answer.set_result(DISCONNECTED)
+    routes.client_left(ticket)

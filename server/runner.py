@@ -26,7 +26,7 @@ from mlscore.scoring.onnx_model import OnnxPipeline, signature_schema
 from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
-from mlscore.server.app import Executor, ServerState, create_app
+from mlscore.server.app import Executor, ScoreFirst, ServerState, create_app
 from mlscore.server.executors import InlineExecutor, ThreadExecutor
 from mlscore.server import logs
 from mlscore.server.data_collection import DataCollectionError, DataCollector
@@ -279,7 +279,7 @@ class Server(uvicorn.Server):
             return
         admission = self._launch.state.admission
         logger.info("stopping: finishing %d in-flight request(s) (%d scoring, %d queued), grace period %g s",
-                    len(self.server_state.tasks), admission.in_use, admission.queued,
+                    self._open_requests(), admission.in_use, admission.queued,
                     self.config.timeout_graceful_shutdown)
         await self._drain(sockets)
         await super().shutdown(sockets=sockets)
@@ -304,6 +304,12 @@ class Server(uvicorn.Server):
         while self.server_state.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
+    def _open_requests(self) -> int:
+        """Requests accepted and not answered yet: ASGI tasks, and scoring POSTs answered without ASGI."""
+        direct = sum(getattr(connection, "pending_direct", None) is not None
+                     for connection in self.server_state.connections)
+        return len(self.server_state.tasks) + direct
+
     async def _wait_tasks_to_complete(self) -> None:
         # uvicorn cancels this wait when the grace period runs out, and then every request task
         # left; the count is taken here because that is the only place that sees the moment.
@@ -311,17 +317,26 @@ class Server(uvicorn.Server):
             await super()._wait_tasks_to_complete()
         except asyncio.CancelledError:
             self.cut_off = len(self.server_state.tasks)
+            handler = getattr(self.config.http, "direct_handler", None)
+            for connection in list(self.server_state.connections):
+                pending = getattr(connection, "pending_direct", None)
+                if pending is not None and handler is not None:
+                    self.cut_off += 1
+                    handler.cut_off(pending)
             raise
 
 
 def serve(started: Started) -> int:
     """Serve until stopped; the exit status (0 after a stop, 3 when init() failed)."""
     settings = started.state.settings
+    app = create_app(started.state)
     config = uvicorn.Config(
-        create_app(started.state),
+        app,
         loop="uvloop",
+        # httptools with limits on slow and oversized requests, and the scoring POSTs answered without
+        # ASGI (unless CORS middleware wraps the app: then everything goes through it)
         http=protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
-                            settings.max_connections),  # httptools with limits on slow and oversized requests
+                            settings.max_connections, app if isinstance(app, ScoreFirst) else None),
         lifespan="on",
         access_log=False,
         log_level=log_level_number(settings.log_level),
