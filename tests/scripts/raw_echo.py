@@ -19,6 +19,8 @@ def run(request):
         return AMLResponse({"teapot": True}, 418, {"X-From-Run": "yes", "x-request-id": "run-cannot-set-this"})
     if mode == "json":
         return {"json": request.get_json(), "is_json": request.is_json}
+    if mode == "bad-header":  # a header value that would split the response
+        return AMLResponse("never sent", 200, {"X-Bad": "one\r\nInjected: two"})
     if mode == "fail-status":
         return AMLResponse("upstream broke", 502)
     if request.method == "GET":
