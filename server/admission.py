@@ -57,13 +57,15 @@ class Ticket:
     instead. An executor may `pull` a queued ticket to hold it ready next to a busy worker: it is
     still waiting for a slot then (`prefetched`), and its queue deadline still holds."""
 
-    __slots__ = ("request", "arrived", "budget", "answer", "timer", "started", "state", "on_leave")
+    __slots__ = ("request", "arrived", "budget", "answer", "loop", "timer", "started", "state", "on_leave")
 
     def __init__(self, request: RawRequest, arrived: float, budget: float, answer: asyncio.Future[Any]) -> None:
         self.request = request
         self.arrived = arrived
         self.budget = budget  # seconds for queue and run together
         self.answer = answer
+        # Its loop, kept: on Python 3.11 each asyncio.get_running_loop() is a getpid() system call.
+        self.loop = answer.get_loop()
         self.timer: asyncio.TimerHandle | None = None
         self.started = arrived
         self.state = WAITING
@@ -121,7 +123,7 @@ class AdmissionQueue:
         if self.queued >= self.max_queue_size:
             return Rejected("queue_full", f"Queue full: {self.max_queue_size} requests are already waiting "
                             "for a scoring slot.", self.retry_after())
-        ticket.timer = asyncio.get_running_loop().call_later(wait, self._expire, ticket, round(wait * 1000))
+        ticket.timer = ticket.loop.call_later(wait, self._expire, ticket, round(wait * 1000))
         self._waiters.append(ticket)
         if self._waiting_hook is not None:
             self._waiting_hook()
@@ -143,7 +145,7 @@ class AdmissionQueue:
         if ticket.state != PULLED:
             return False
         self._settle(ticket, STARTED)
-        ticket.started = asyncio.get_running_loop().time()
+        ticket.started = ticket.loop.time()
         return True
 
     def give_back(self, ticket: Ticket) -> None:
@@ -201,7 +203,7 @@ class AdmissionQueue:
             if ticket.answer.done():  # its handler was cancelled
                 continue
             self._settle(ticket, STARTED)
-            ticket.started = asyncio.get_running_loop().time()
+            ticket.started = ticket.loop.time()
             slot = Slot(self)
             try:
                 self._start(ticket, slot)

@@ -168,7 +168,8 @@ class ScoreFirst:
             checked = routes.check("POST", request.path, request.headers, picked)
             if isinstance(checked, tuple):
                 headers, ids = checked
-                begun = routes.begin("POST", request.path, request.query, headers, request.body, picked, ids)
+                begun = routes.begin(request.loop, "POST", request.path, request.query, headers, request.body,
+                                     picked, ids)
                 if isinstance(begun, Ticket):
                     if begun.state != STARTED:
                         request.on_disconnect = functools.partial(routes.client_left, begun)

@@ -52,7 +52,7 @@ class ThreadExecutor:
         """Hand the request to a thread; the ticket's answer gets the pipeline's response, or a 504
         after the scoring timeout. The slot is released when the thread is really free, after a
         timeout too."""
-        loop = asyncio.get_running_loop()
+        loop = ticket.loop
         answer = ticket.answer
         timeout = ticket.run_timeout(self._scoring_timeout)
         future = loop.run_in_executor(self._pool, self._pipeline.handle, ticket.request)

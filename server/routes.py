@@ -149,7 +149,8 @@ class Routes:
                               [*ids, _CONNECTION_CLOSE])
         except ClientDisconnect:
             return json_error(400, "The client disconnected before sending the whole body.", ids)
-        begun = self.begin(scope["method"], scope["path"], scope["query_string"], headers, body, picked, ids)
+        begun = self.begin(asyncio.get_running_loop(), scope["method"], scope["path"], scope["query_string"], headers,
+                           body, picked, ids)
         if isinstance(begun, Response):
             return begun
         if begun.state != STARTED:
@@ -176,8 +177,9 @@ class Routes:
             headers = [item for item in headers if item[0] != b"authorization"]  # the key stays here, not in run()
         return headers, ids
 
-    def begin(self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-              picked: dict[bytes, bytes], ids: list[tuple[bytes, bytes]]) -> Ticket | Response:
+    def begin(self, loop: asyncio.AbstractEventLoop, method: str, path: str, query: bytes,
+              headers: list[tuple[bytes, bytes]], body: bytes, picked: dict[bytes, bytes],
+              ids: list[tuple[bytes, bytes]]) -> Ticket | Response:
         """A checked request with its whole body: refused at once (not ready, a bad deadline header, a
         full queue), or its ticket, which holds a slot and is scoring, or is queued.
         Either way the ticket's answer completes by itself, on time; `finish` turns it into HTTP. A
@@ -191,7 +193,6 @@ class Routes:
             budget = self._budget(picked.get(b"x-ms-request-timeout-ms"))
         except ValueError as error:
             return json_error(400, str(error), ids)
-        loop = asyncio.get_running_loop()
         raw = RawRequest(method, path, query, headers, body, request_id_of(ids))
         ticket = Ticket(raw, loop.time(), budget, loop.create_future())
         admission = self.state.admission
@@ -210,7 +211,7 @@ class Routes:
         outcome: RawResponse | Rejected = ticket.answer.result()
         if isinstance(outcome, Rejected):
             return self._refused(outcome, ids)
-        finished = asyncio.get_running_loop().time()
+        finished = ticket.loop.time()
         self.state.admission.record_hold(finished - ticket.started)
         queued = ticket.started - ticket.arrived
         metrics = self.state.metrics
@@ -249,7 +250,7 @@ class Routes:
         never called for it. (A watcher costs a task; most waits end well before WATCH_AFTER. It
         ends by itself once the response is sent, as receive() then reports a disconnect: it is
         never cancelled, since a cancelled task keeps a reference cycle for the garbage collector.)"""
-        watch = asyncio.get_running_loop().call_later(WATCH_AFTER, _watch, receive, self, ticket)
+        watch = ticket.loop.call_later(WATCH_AFTER, _watch, receive, self, ticket)
         try:
             await ticket.answer
         finally:

@@ -70,9 +70,11 @@ class WorkerConnection(asyncio.Protocol):
         self.calls: deque[Call] = deque()
         self._outgoing: list[bytes] = []  # frames of held requests, written together
         self._transport: asyncio.WriteTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio's classes
+        self._loop = asyncio.get_running_loop()  # kept: each call is a getpid() system call on Python 3.11
 
     def data_received(self, data: bytes) -> None:
         for frame in self._buffer.feed(data):
@@ -115,7 +117,8 @@ class WorkerConnection(asyncio.Protocol):
             self._outgoing.append(frame)
         else:
             self._outgoing = [frame]
-            asyncio.get_running_loop().call_soon(self._flush)
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         if self._outgoing and self._transport is not None:
@@ -235,7 +238,7 @@ class ProcessExecutor:
 
     def _run_timer(self, call: Call) -> None:
         timeout = call.ticket.run_timeout(self._scoring_timeout)
-        call.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, call, round(timeout * 1000))
+        call.timer = call.ticket.loop.call_later(timeout, self._timed_out, call, round(timeout * 1000))
 
     def _queue_grew(self) -> None:
         """A request joined the queue: hold it ready next to a busy worker if one has room."""
@@ -251,7 +254,6 @@ class ProcessExecutor:
         hold = self._admission.hold_seconds
         depth = 1 + min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold) if hold > 0 else MAX_HELD_READY)
         added = False
-        loop = asyncio.get_running_loop()
         while len(connection.calls) < depth:
             ticket = self._admission.pull()
             if ticket is None:
@@ -259,7 +261,7 @@ class ProcessExecutor:
             call = Call(ticket, None)
             ticket.on_leave = lambda call=call: connection.cancel(call)
             assert ticket.timer is not None
-            start_by = time.time() + (ticket.timer.when() - loop.time()) - START_MARGIN
+            start_by = time.time() + (ticket.timer.when() - ticket.loop.time()) - START_MARGIN
             self._send(worker, call, start_by)
             added = True
         return added
@@ -282,7 +284,7 @@ class ProcessExecutor:
             self._next(worker, call.slot)
         answer = call.ticket.answer
         if not answer.done():
-            waited_ms = round((asyncio.get_running_loop().time() - call.ticket.arrived) * 1000)
+            waited_ms = round((call.ticket.loop.time() - call.ticket.arrived) * 1000)
             answer.set_result(queue_timeout(waited_ms, self._admission.retry_after()))
 
     def _next(self, worker: Worker, slot: Slot) -> None:
