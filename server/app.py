@@ -25,7 +25,6 @@ from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, un
 from mlscore.server.logs import AccessLog
 from mlscore.server.metrics import Metrics
 from mlscore.server.protocol import DirectRequest
-from mlscore.server.request_ids import pick_headers
 from mlscore.server.routes import Routes
 from mlscore.server.settings import Settings
 
@@ -164,7 +163,7 @@ class ScoreFirst:
         started = time.perf_counter() if self._access is not None else 0.0
         routes = self._routes
         try:
-            picked = pick_headers(request.headers)
+            picked = request.picked
             checked = routes.check("POST", request.path, request.headers, picked)
             if isinstance(checked, tuple):
                 headers, ids = checked

@@ -38,7 +38,7 @@ MAX_BACKOFF = 30.0
 WORKER_EXIT_S = 2.0  # how long a stop waits for an idle worker to exit by itself
 # Requests held ready per worker: enough to cover about HOLD_READY_SECONDS of run()s, at most MAX_HELD_READY.
 HOLD_READY_SECONDS = 0.002
-MAX_HELD_READY = 3
+MAX_HELD_READY = 6
 # A held request is skipped this long before its queue deadline, so that the front's 503 at the
 # deadline never races a run() that has just begun.
 START_MARGIN = 0.001
@@ -253,6 +253,8 @@ class ProcessExecutor:
             return False
         hold = self._admission.hold_seconds
         depth = 1 + min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold) if hold > 0 else MAX_HELD_READY)
+        if len(connection.calls) > max(1, depth // 2):
+            return False  # enough held: topped up when half are gone, a few requests to a write
         added = False
         while len(connection.calls) < depth:
             ticket = self._admission.pull()

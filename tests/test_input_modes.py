@@ -196,6 +196,15 @@ def test_rawhttp_response_sets_status_and_headers_but_not_the_request_id(client_
     assert response.headers["x-ms-run-function-failed"] == "False"
 
 
+def test_rawhttp_header_with_a_line_break_is_refused_with_a_500(client_for):
+    response = client_for("raw_echo.py").post("/score?mode=bad-header", content=b"", headers={"x-request-id": "mine"})
+    assert response.status_code == 500
+    assert "not valid HTTP" in response.json()["message"]
+    assert "injected" not in response.headers and "x-bad" not in response.headers
+    assert response.headers["x-request-id"] == "mine"
+    assert response.headers["x-ms-run-function-failed"] == "True"
+
+
 def test_rawhttp_status_500_or_more_marks_the_run_failed(client_for):
     response = client_for("raw_echo.py").post("/score?mode=fail-status", content=b"")
     assert response.status_code == 502
