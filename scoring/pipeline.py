@@ -4,6 +4,7 @@ run(), encode), independent of the server process so that it can run inside a wo
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Iterable, Iterator, Protocol
 
@@ -78,7 +79,7 @@ class ScoringPipeline:
         run_ms = (time.perf_counter() - started) * 1000.0
         try:
             response = _to_response(result)
-        except NotEncodable as error:
+        except (NotEncodable, NotHttp) as error:
             logger.error("%s", error)
             return error_response(500, str(error), run_failed=True)
         response.run_ms = run_ms
@@ -95,14 +96,40 @@ class ScoringPipeline:
         return True
 
 
+class NotHttp(ValueError):
+    """run() answered with a status or a header that HTTP cannot carry."""
+
+
 def _to_response(result: Any) -> RawResponse:
     if not isinstance(result, AMLResponse):
         return RawResponse(200, list(JSON), encode_json(result))
-    headers = [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in result.headers.items()]
+    if not 200 <= result.status_code <= 599:
+        raise NotHttp(f"run() answered with status {result.status_code}; a response's status must be from 200 to 599.")
+    try:
+        headers = [(name.lower().encode("latin-1"), str(value).encode("latin-1"))
+                   for name, value in result.headers.items()]
+    except UnicodeEncodeError:
+        headers = [(b"?", b"")]  # not Latin-1: refused below
+    if headers and not _valid_headers(headers):
+        logger.error("run()'s response headers: %r", result.headers)
+        raise NotHttp("run() answered with a response header that is not valid HTTP (a name with a separator, or a "
+                      "character outside Latin-1, or a value with a line break or another control character).")
     body, content_type = _aml_body(result)
     if content_type is not None and not any(name == b"content-type" for name, _ in headers):
         headers.append(content_type)
     return RawResponse(result.status_code, headers, body, run_failed=result.status_code >= 500)
+
+
+def _valid_headers(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Names of token characters only, values without control characters but tab: a line break in a
+    value would let run() add headers, or a second response. (The server writes headers as they are.)"""
+    names = b"".join([name for name, _ in headers])
+    values = b"".join([value for _, value in headers])
+    return not (_BAD_NAME.search(names) or _BAD_VALUE.search(values))
+
+
+_BAD_NAME = re.compile(rb'[\x00-\x20\x7f()<>@,;:\\"/\[\]?={}]')  # RFC 9110: not a token character
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _aml_body(result: AMLResponse) -> tuple[bytes | Iterator[bytes], tuple[bytes, bytes] | None]:

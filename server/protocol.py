@@ -85,9 +85,16 @@ class DirectRequest:
         return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
     def respond(self, response: Response) -> None:
-        """Send the response (once; nothing when the client has gone)."""
-        if not self.response_started and not self.disconnected:
+        """Send the response (once; nothing when the client has gone). Should writing it fail (a bug
+        of ours), the connection is closed rather than left waiting."""
+        if self.response_started or self.disconnected:
+            return
+        try:
             self._connection.respond(self, response)
+        except Exception:
+            logger.exception("could not write the response to POST %s; closing the connection", self.path)
+            self.response_complete = True
+            self._connection.transport.close()
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -233,6 +240,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Write a direct request's response: status line, headers and body in one write, or, for a
         streamed body, through an ASGI cycle of its own."""
         request.response_started = True
+        if self.transport.is_closing():
+            request.response_complete = True
+            return
         body = getattr(response, "body", None)
         if not isinstance(body, bytes):
             self._stream(request, response)

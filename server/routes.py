@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 from typing import TYPE_CHECKING
 
 import orjson
@@ -27,8 +25,6 @@ from mlscore.server.request_ids import RequestIdTooLong, pick_headers, request_i
 if TYPE_CHECKING:
     from mlscore.server.app import ServerState
 
-logger = logging.getLogger("mlscore.server")
-
 # Headers the server owns; a run() that sets them through an AMLResponse does not override them.
 _SERVER_HEADERS = {
     b"x-request-id", b"x-ms-request-id", b"x-ms-client-request-id", b"traceid",
@@ -36,8 +32,6 @@ _SERVER_HEADERS = {
     COLLECTED_HEADER,  # fields run() collected, for data collection only
 }
 _TRUE, _FALSE = b"True", b"False"
-_BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')  # RFC 9110 token characters only
-_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 WATCH_AFTER = 0.01  # seconds in the queue after which the connection is watched for a departure
 DISCONNECTED = Rejected("client_disconnect", "The client disconnected while waiting for a scoring slot.", 0, 400)
 _LIVE = orjson.dumps({"live": True})
@@ -286,11 +280,6 @@ class Routes:
 def _http_response(result: RawResponse, ids: list[tuple[bytes, bytes]], queue_ms: float) -> Response:
     """The pipeline's response with the server's own headers: ids, run status and timing."""
     headers = [item for item in result.headers if item[0] not in _SERVER_HEADERS]
-    if headers and not _valid_headers(headers):
-        logger.error("run() answered with a header that is not valid HTTP: %r", headers)
-        return json_error(500, "run() answered with a response header that is not valid HTTP (a name with a "
-                          "separator, or a value with a line break or another control character); see the log.",
-                          [*ids, (b"x-ms-run-function-failed", _TRUE)])
     headers.extend(ids)
     headers.append((b"x-ms-run-function-failed", _TRUE if result.run_failed else _FALSE))
     if result.run_ms is not None:
@@ -301,14 +290,6 @@ def _http_response(result: RawResponse, ids: list[tuple[bytes, bytes]], queue_ms
     streamed = StreamingResponse(result.body, status_code=result.status)
     streamed.raw_headers = headers
     return streamed
-
-
-def _valid_headers(headers: list[tuple[bytes, bytes]]) -> bool:
-    """No header name with a separator or a control character, no value with a control character
-    but tab: a line break in a value would let run() add headers, or a second response."""
-    names = b"".join([name for name, _ in headers])
-    values = b"".join([value for _, value in headers])
-    return not (_BAD_NAME.search(names) or _BAD_VALUE.search(values))
 
 
 def _json(status: int, document: dict[str, object]) -> BytesResponse:

@@ -128,6 +128,14 @@ def test_a_response_header_that_is_not_valid_http_is_a_500_and_the_connection_go
     assert "is not valid HTTP" in echo.wait_log("is not valid HTTP")
 
 
+def test_a_status_from_run_that_is_not_http_is_a_500_and_the_connection_goes_on(echo):
+    with connect(echo) as sock, sock.makefile("rb") as stream:
+        sock.sendall(post(b"", path=b"/score?mode=bad-status&status=1000") + post(b"after"))
+        status, _, body = read_response(stream)
+        assert status == 500 and b"status 1000" in body
+        assert read_response(stream)[::2] == (200, b"after")
+
+
 def test_a_streamed_answer_after_direct_ones_keeps_the_connection_usable(echo):
     with connect(echo) as sock, sock.makefile("rb") as stream:
         sock.sendall(post(b"before") + post(b"", path=b"/score?mode=stream") + post(b"after"))

@@ -196,12 +196,21 @@ def test_rawhttp_response_sets_status_and_headers_but_not_the_request_id(client_
     assert response.headers["x-ms-run-function-failed"] == "False"
 
 
-def test_rawhttp_header_with_a_line_break_is_refused_with_a_500(client_for):
-    response = client_for("raw_echo.py").post("/score?mode=bad-header", content=b"", headers={"x-request-id": "mine"})
+@pytest.mark.parametrize("mode", ["bad-header", "euro-header", "bad-header-name"])
+def test_rawhttp_header_that_http_cannot_carry_is_refused_with_a_500(client_for, mode):
+    response = client_for("raw_echo.py").post(f"/score?mode={mode}", content=b"", headers={"x-request-id": "mine"})
     assert response.status_code == 500
     assert "not valid HTTP" in response.json()["message"]
     assert "injected" not in response.headers and "x-bad" not in response.headers
     assert response.headers["x-request-id"] == "mine"
+    assert response.headers["x-ms-run-function-failed"] == "True"
+
+
+@pytest.mark.parametrize("status", [99, 101, 600, 999])
+def test_rawhttp_status_that_is_not_a_final_http_status_is_refused_with_a_500(client_for, status):
+    response = client_for("raw_echo.py").post(f"/score?mode=bad-status&status={status}", content=b"")
+    assert response.status_code == 500
+    assert f"status {status}" in response.json()["message"]
     assert response.headers["x-ms-run-function-failed"] == "True"
 
 

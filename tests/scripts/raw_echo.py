@@ -19,8 +19,14 @@ def run(request):
         return AMLResponse({"teapot": True}, 418, {"X-From-Run": "yes", "x-request-id": "run-cannot-set-this"})
     if mode == "json":
         return {"json": request.get_json(), "is_json": request.is_json}
+    if mode == "bad-status":
+        return AMLResponse("no such status", int(request.args.get("status", "999")))
     if mode == "bad-header":  # a header value that would split the response
         return AMLResponse("never sent", 200, {"X-Bad": "one\r\nInjected: two"})
+    if mode == "euro-header":  # not Latin-1
+        return AMLResponse("never sent", 200, {"X-Price": "5 \u20ac"})
+    if mode == "bad-header-name":
+        return AMLResponse("never sent", 200, {"X Bad: name": "v"})
     if mode == "fail-status":
         return AMLResponse("upstream broke", 502)
     if request.method == "GET":
