@@ -9,6 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SCRIPTS, start_server
+from mlscore.server.metrics import Metrics
 
 
 def samples(url: str) -> dict[tuple[str, tuple], float]:
@@ -66,3 +67,35 @@ def test_worker_restarts_are_counted(tmp_path):
         assert samples(server.url)[("mlscore_rejections_total", (("reason", "worker_died"),))] == 1
     finally:
         server.stop()
+
+
+def test_histograms_and_counters_in_prometheus_form():
+    metrics = Metrics()
+    for total in (0.0005, 0.0007, 0.001, 0.3, 120.0):  # a bucket's bound counts in it (le is "at most")
+        metrics.scored(total, 0.0, 2.0)
+    metrics.scored(0.002, 0.0001, None)  # run() was not timed: no run observation
+    metrics.request("/score", 200)
+    metrics.request("/score", 200)
+    metrics.request("/score", 503)
+    metrics.rejected("queue_full")
+    found = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    bucket = "mlscore_request_duration_seconds_bucket"
+    assert found[(bucket, (("le", "0.0005"),))] == 1
+    assert found[(bucket, (("le", "0.001"),))] == 3
+    assert found[(bucket, (("le", "0.0025"),))] == 4
+    assert found[(bucket, (("le", "0.25"),))] == 4
+    assert found[(bucket, (("le", "0.5"),))] == 5
+    assert found[(bucket, (("le", "60.0"),))] == 5
+    assert found[(bucket, (("le", "+Inf"),))] == 6
+    assert found[("mlscore_request_duration_seconds_count", ())] == 6
+    assert abs(found[("mlscore_request_duration_seconds_sum", ())] - 120.3042) < 1e-9
+    assert found[("mlscore_run_duration_seconds_count", ())] == 5
+    assert found[("mlscore_run_duration_seconds_bucket", (("le", "0.0025"),))] == 5
+    assert found[("mlscore_queue_wait_seconds_count", ())] == 6
+    assert found[("mlscore_requests_total", (("route", "/score"), ("status", "200")))] == 2
+    assert found[("mlscore_requests_total", (("route", "/score"), ("status", "503")))] == 1
+    assert found[("mlscore_rejections_total", (("reason", "queue_full"),))] == 1
+    assert found[("mlscore_rejections_total", (("reason", "worker_died"),))] == 0
