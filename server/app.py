@@ -130,6 +130,7 @@ class ScoreFirst:
         self._access = access
         self.paths = frozenset(path.encode() for path in ("/score", infer_path) if path)
         self.max_body = routes.state.settings.max_body_bytes
+        self.cross_origin = bool(routes.state.settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

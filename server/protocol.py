@@ -13,7 +13,8 @@ connection hands the handler the request once its body is in, and the handler an
 callback when the scoring is done, with status, headers and body written in one go. No task, no
 ASGI messages and no scope per request: on a small model that is about a third of the front's
 work. Everything else (other routes and methods, chunked or over-long bodies, `Expect:
-100-continue`, pipelined requests, streamed responses) goes through uvicorn's ASGI cycle as before."""
+100-continue`, requests pipelined behind an unanswered one, streamed responses, requests with an
+Origin header when CORS is on) goes through uvicorn's ASGI cycle as before."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class DirectHandler(Protocol):
 
     paths: frozenset[bytes]  # the raw paths it takes
     max_body: int  # longer bodies go the ASGI way, which refuses them with 413
+    cross_origin: bool  # CORS middleware wraps the app: requests with an Origin header go the ASGI way
 
     def direct(self, request: "DirectRequest") -> None:
         """Take a request whose body is in; answer it with `request.respond`, now or later."""
@@ -207,6 +209,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # (httptools refuses a request with two Content-Lengths, or with one beside Transfer-Encoding)
         length = picked.get(b"content-length")
         if length is None or not length.isdigit() or int(length) > handler.max_body:
+            return False
+        if handler.cross_origin and b"origin" in picked:
             return False
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         self.cycle = self._direct = DirectRequest(  # type: ignore[assignment]  # read as a cycle by uvicorn

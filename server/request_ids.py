@@ -11,7 +11,7 @@ MAX_ID_LENGTH = 100
 # The request headers the server itself reads, picked out of the raw list in one pass.
 WANTED = frozenset({
     b"x-request-id", b"x-ms-client-request-id", b"x-ms-request-id", b"traceid", b"authorization", b"content-length",
-    b"x-ms-request-timeout-ms", b"transfer-encoding",
+    b"x-ms-request-timeout-ms", b"transfer-encoding", b"origin",
 })
 
 

@@ -330,13 +330,13 @@ def serve(started: Started) -> int:
     """Serve until stopped; the exit status (0 after a stop, 3 when init() failed)."""
     settings = started.state.settings
     app = create_app(started.state)
+    scoring = app if isinstance(app, ScoreFirst) else getattr(app, "app", None)  # inside CORS middleware
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        # httptools with limits on slow and oversized requests, and the scoring POSTs answered without
-        # ASGI (unless CORS middleware wraps the app: then everything goes through it)
+        # httptools with limits on slow and oversized requests, and the scoring POSTs answered without ASGI
         http=protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
-                            settings.max_connections, app if isinstance(app, ScoreFirst) else None),
+                            settings.max_connections, scoring if isinstance(scoring, ScoreFirst) else None),
         lifespan="on",
         access_log=False,
         log_level=log_level_number(settings.log_level),

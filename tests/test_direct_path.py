@@ -142,3 +142,18 @@ def test_a_streamed_answer_after_direct_ones_keeps_the_connection_usable(echo):
         answers = [read_response(stream) for _ in range(3)]
     assert [body for _, _, body in answers] == [b"before", b"chunk-0;chunk-1;chunk-2;chunk-3;chunk-4;", b"after"]
     assert answers[1][1][b"transfer-encoding"] == b"chunked"
+
+
+def test_with_cors_a_request_with_an_origin_gets_the_cors_headers_and_one_without_is_answered_as_usual(tmp_path):
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "raw_echo.py"),
+                          "--cors-origins", "https://app.example")
+    try:
+        with connect(server) as sock, sock.makefile("rb") as stream:
+            sock.sendall(post(b"from a page", b"Origin: https://app.example") + post(b"from a script"))
+            (status, headers, body), plain = read_response(stream), read_response(stream)
+        assert (status, body) == (200, b"from a page")
+        assert headers[b"access-control-allow-origin"] == b"https://app.example"
+        assert b"x-request-id" in headers[b"access-control-expose-headers"]
+        assert plain[::2] == (200, b"from a script") and b"access-control-allow-origin" not in plain[1]
+    finally:
+        server.stop()
