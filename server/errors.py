@@ -19,13 +19,17 @@ METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}; allowed: {allow
 
 
 class BytesResponse(Response):
-    """A response whose headers are given ready-made as bytes pairs, skipping Starlette's header building."""
+    """A response whose headers are given ready-made as bytes pairs, skipping Starlette's header
+    building. A 204 or 304 has neither body nor Content-Length (RFC 9110), whatever it was given."""
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.status_code = status
         self.background = None
-        self.body = body
-        headers.append((b"content-length", str(len(body)).encode()))
+        if status == 204 or status == 304:
+            self.body = b""
+        else:
+            self.body = body
+            headers.append((b"content-length", str(len(body)).encode()))
         self.raw_headers = headers
 
 

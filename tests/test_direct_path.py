@@ -136,6 +136,16 @@ def test_a_status_from_run_that_is_not_http_is_a_500_and_the_connection_goes_on(
         assert read_response(stream)[::2] == (200, b"after")
 
 
+def test_204_and_304_go_out_without_a_body_and_the_next_answer_follows(echo):
+    with connect(echo) as sock, sock.makefile("rb") as stream:
+        sock.sendall(post(b"", path=b"/score?mode=no-content&status=204")
+                     + post(b"", path=b"/score?mode=no-content&status=304") + post(b"after"))
+        answers = [read_response(stream) for _ in range(3)]
+    assert [(status, body) for status, _, body in answers] == [(204, b""), (304, b""), (200, b"after")]
+    assert b"content-length" not in answers[0][1] and b"transfer-encoding" not in answers[0][1]
+    assert b"content-length" not in answers[1][1]
+
+
 def test_a_streamed_answer_after_direct_ones_keeps_the_connection_usable(echo):
     with connect(echo) as sock, sock.makefile("rb") as stream:
         sock.sendall(post(b"before") + post(b"", path=b"/score?mode=stream") + post(b"after"))

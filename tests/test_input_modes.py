@@ -214,6 +214,12 @@ def test_rawhttp_status_that_is_not_a_final_http_status_is_refused_with_a_500(cl
     assert response.headers["x-ms-run-function-failed"] == "True"
 
 
+def test_rawhttp_204_is_sent_without_the_body_run_gave(client_for):
+    response = client_for("raw_echo.py").post("/score?mode=no-content", content=b"")
+    assert response.status_code == 204 and response.content == b""
+    assert "content-length" not in response.headers
+
+
 def test_rawhttp_status_500_or_more_marks_the_run_failed(client_for):
     response = client_for("raw_echo.py").post("/score?mode=fail-status", content=b"")
     assert response.status_code == 502

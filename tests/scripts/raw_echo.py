@@ -19,6 +19,8 @@ def run(request):
         return AMLResponse({"teapot": True}, 418, {"X-From-Run": "yes", "x-request-id": "run-cannot-set-this"})
     if mode == "json":
         return {"json": request.get_json(), "is_json": request.is_json}
+    if mode == "no-content":  # a body on a 204 is not sent
+        return AMLResponse("dropped", int(request.args.get("status", "204")))
     if mode == "bad-status":
         return AMLResponse("no such status", int(request.args.get("status", "999")))
     if mode == "bad-header":  # a header value that would split the response
