@@ -119,6 +119,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._over_limit = False
         self._direct: DirectRequest | None = None  # the latest request taken without ASGI
+        self._reading_direct = False  # the request being read is that one (its body goes to it)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -180,7 +181,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
-        if self.direct_handler is not None and self._take_direct(self.direct_handler):
+        self._reading_direct = self.direct_handler is not None and self._take_direct(self.direct_handler)
+        if self._reading_direct:
             return
         self.scope = self._new_scope(self.headers)
         super().on_headers_complete()
@@ -222,7 +224,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._body_timer is not None:
             self._last_body_at = self.loop.time()
-        if self.cycle is self._direct:
+        if self._reading_direct:
+            assert self._direct is not None
             self._direct.chunks.append(body)  # within the declared length, which is within the limit
         else:
             super().on_body(body)
@@ -234,7 +237,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if self.cycle is self._direct:
+        if self._reading_direct:
+            self._reading_direct = False
             assert self.direct_handler is not None and self._direct is not None
             self.direct_handler.direct(self._direct)
         else:

@@ -167,3 +167,13 @@ def test_with_cors_a_request_with_an_origin_gets_the_cors_headers_and_one_withou
         assert plain[::2] == (200, b"from a script") and b"access-control-allow-origin" not in plain[1]
     finally:
         server.stop()
+
+
+def test_a_websocket_upgrade_on_a_new_connection_is_refused_as_before_and_scoring_goes_on(echo):
+    with connect(echo) as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"GET /score HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert stream.readline().startswith(b"HTTP/1.1 403")  # no WebSocket route: refused by the app
+    with connect(echo) as sock, sock.makefile("rb") as stream:
+        sock.sendall(post(b"after"))
+        assert read_response(stream)[::2] == (200, b"after")
