@@ -48,7 +48,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn
-from unittest import mock
 
 # numpy's OpenBLAS workers spin for a while after each call before they sleep; on 2 cores they took
 # one from pocl's workers, and the OpenCL session measured 6-7.6 ms instead of 4.3 ms on the
@@ -64,7 +63,7 @@ import http_bench  # run as a script, benchmarks/ is on sys.path
 from http_bench import (
     BODY, BUSY_SHARE, HOST, LOGS, POST_LUA, REPO, RESULTS_MD, VENV_PY, WORK, Cell, Row, Server, ServerSpec,
     _raise_on_sigterm, cpu_busy_share, environment_lines, free_port, git_revision, http_status, int_list,
-    log_tail, markdown_table, mlscore_command, name_list, parse_wrk, require_wrk, run_wrk, start_server,
+    log_tail, markdown_table, mlscore_command, name_list, parse_wrk, render_table, require_wrk, run_wrk, start_server,
     stop_servers, wait_idle, wait_ready,
 )
 
@@ -95,7 +94,7 @@ MIN_CALLS, MAX_CALLS = 5, 5000  # per block
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Accelerator benchmarks: wrapper overhead, OpenCL kernels, "
                                                  "no-code HTTP throughput.")
-    parser.add_argument("--part", type=name_list(PARTS), default=list(PARTS),
+    parser.add_argument("--part", type=name_list(PARTS, "parts"), default=list(PARTS),
                         help="comma list among wrapper,opencl,http (default all)")
     parser.add_argument("--blocks", type=int, default=20,
                         help="alternating blocks per in-process comparison (default 20)")
@@ -595,8 +594,12 @@ class OpenCLRow:
 class OpenCLResults:
     device: str
     mlps: list[OpenCLRow]
-    cnn: OpenCLRow | None
+    cnn: OpenCLRow
     empty_launch_us: dict[int, float]
+
+    @property
+    def rows(self) -> list[OpenCLRow]:
+        return [*self.mlps, self.cnn]
 
 
 def build_big_mlp(path: Path, widths: tuple[int, ...]) -> Path:
@@ -708,7 +711,7 @@ def run_opencl_on(device: str, args: argparse.Namespace) -> OpenCLResults:
 def opencl_tables(results: OpenCLResults) -> list[str]:
     lines = [["model", "batch", "contender", "p50 µs", "p99 µs", "max |Δ| vs onnxruntime", "naive / this (p50)"],
              ["---", "--:", "---", "--:", "--:", "--:", "--:"]]
-    for row in [*results.mlps, *([results.cnn] if results.cnn else [])]:
+    for row in results.rows:
         naive = row.timings.get("naive")
         for name, timing in row.timings.items():
             label = {"ours": "mlscore OpenCL session", "naive": "naive OpenCL (1 work-item/output)",
@@ -720,13 +723,12 @@ def opencl_tables(results: OpenCLResults) -> list[str]:
     launch_costs = ", ".join(f"{count} launch{'es' if count > 1 else ''} {us(cost)} µs"
                              for count, cost in results.empty_launch_us.items())
     out += [f"Empty one-work-item kernel, launched and waited for (p50 wall): {launch_costs}.", ""]
-    rows = [*results.mlps, *([results.cnn] if results.cnn else [])]
     summary = [["model", "implementation", "launches", "Σ kernels µs", "wall of a pass µs", "wall − kernels µs",
                 "naive / ours: kernels", "naive / ours: wall"],
                ["---", "---", "--:", "--:", "--:", "--:", "--:", "--:"]]
     detail = [["model", "implementation", "kernel", "global size", "local size", "device µs"],
               ["---", "---", "---", "---", "---", "--:"]]
-    for row in rows:
+    for row in results.rows:
         naive = row.profiles.get("naive")
         for name, profile in row.profiles.items():
             ratios = ["", ""]
@@ -860,13 +862,6 @@ def start_targets(targets: list[Target], started: list[Server]) -> dict[str, flo
     return ready_s
 
 
-def run_target_wrk(wrk: str, target: Target, concurrency: int, seconds: float) -> str:
-    """http_bench.run_wrk with this target's Lua script: run_wrk reads the module's POST_LUA, and
-    the script's wrk.path takes the request to the target's route."""
-    with mock.patch.object(http_bench, "POST_LUA", target.lua):
-        return run_wrk(wrk, target.spec.port, concurrency, seconds, threads=1)
-
-
 def measure_http(wrk: str, targets: list[Target], servers: list[Server], args: argparse.Namespace) -> list[Row]:
     """Alternate cells: for each concurrency, for each repeat, for each target."""
     rows = {(t.label, c): Row(t.label, "mlscore", c, []) for c in args.concurrency for t in targets}
@@ -878,8 +873,8 @@ def measure_http(wrk: str, targets: list[Target], servers: list[Server], args: a
                 for target, server in zip(targets, servers, strict=True):
                     check_target(target, server)
                     if args.warmup > 0:
-                        run_target_wrk(wrk, target, concurrency, args.warmup)
-                    output = run_target_wrk(wrk, target, concurrency, args.duration)
+                        run_wrk(wrk, target.spec.port, concurrency, args.warmup, threads=1, lua=target.lua)
+                    output = run_wrk(wrk, target.spec.port, concurrency, args.duration, threads=1, lua=target.lua)
                     raw_log.write(f"### {target.label} c={concurrency} repeat={repeat + 1}\n{output}\n")
                     cell: Cell = parse_wrk(output)
                     rows[(target.label, concurrency)].cells.append(cell)
@@ -908,15 +903,6 @@ def run_http_part(args: argparse.Namespace) -> HttpResults:
     finally:
         stop_servers(servers)
     return HttpResults(rows, targets, ready_s)
-
-
-def http_tables(results: HttpResults) -> list[str]:
-    lines = [["target", "c", "req/s median [min–max]", "p50 ms", "p99 ms", "non-2xx", "socket errors"],
-             ["---", "--:", "--:", "--:", "--:", "--:", "--:"]]
-    for row in sorted(results.rows, key=lambda r: r.concurrency):
-        lines.append([row.server, str(row.concurrency), f"{row.rps:,.0f} [{row.rps_min:,.0f}–{row.rps_max:,.0f}]",
-                      f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", str(row.non2xx), str(row.socket_errors)])
-    return [markdown_table(lines), ""]
 
 
 def http_ratios(results: HttpResults) -> list[str]:
@@ -1028,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
     if "http" in args.part:
         http = run_http_part(args)
         ratios = http_ratios(http)
-        body += ["### No-code HTTP throughput against the diabetes entry script", "", *http_tables(http),
+        body += ["### No-code HTTP throughput against the diabetes entry script", "", render_table(http.rows), "",
                  "p50/p99 are medians over the repeats; errors are summed over them.", "",
                  *[f"- {line}" for line in ratios], ""]
     print()

@@ -257,10 +257,8 @@ def plot_overload(sweep_cells: list[OverloadCell], path: Path) -> None:
 
 
 def scenario_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(SCENARIOS))
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"scenarios must be among {','.join(SCENARIOS)}, got {text!r}")
+    """The scenarios named, in the order they run."""
+    names = http_bench.name_list(SCENARIOS, "scenarios")(text)
     return [name for name in SCENARIOS if name in names]
 
 

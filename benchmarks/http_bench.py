@@ -170,14 +170,14 @@ def variant(text: str) -> tuple[str, str]:
     return f"mlscore {name.strip()}", flags
 
 
-def name_list(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
-    """An argparse type: a comma list of names among `choices`."""
+def name_list(choices: tuple[str, ...] | list[str], what: str = "servers") -> Callable[[str], list[str]]:
+    """An argparse type: a comma list of names among `choices` (`what` they are, for the error)."""
 
     def parse(text: str) -> list[str]:
         names = [part.strip() for part in text.split(",") if part.strip()]
         unknown = sorted(set(names) - set(choices))
         if not names or unknown:
-            raise argparse.ArgumentTypeError(f"servers must be among {','.join(choices)}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{what} must be among {','.join(choices)}, got {text!r}")
         return names
 
     return parse
@@ -490,9 +490,10 @@ def parse_wrk(output: str) -> Cell:
     )
 
 
-def run_wrk(wrk: str, port: int, concurrency: int, seconds: float, threads: int) -> str:
+def run_wrk(wrk: str, port: int, concurrency: int, seconds: float, threads: int, lua: Path = POST_LUA) -> str:
+    """One wrk run of the `lua` script's request; its wrk.path, when it sets one, overrides /score."""
     argv = [wrk, "-t", str(min(threads, concurrency)), "-c", str(concurrency), "-d", f"{seconds:g}s",
-            "--timeout", "10s", "--latency", "-s", str(POST_LUA), f"http://{HOST}:{port}/score"]
+            "--timeout", "10s", "--latency", "-s", str(lua), f"http://{HOST}:{port}/score"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if result.returncode != 0:
         fail(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")

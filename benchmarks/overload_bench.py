@@ -47,9 +47,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from http_bench import (  # run as a script, benchmarks/ is on sys.path
-    BENCH, append_results, run_script, BUSY_SHARE, HOST, LOGS, REPO, RESULTS_MD, VENV_PY, WORK, Server, ServerSpec, _raise_on_sigterm,
-    cpu_busy_share, ensure_peer_venv, environment_lines, free_port, git_revision, markdown_table,
-    mlscore_command, name_list, package_versions, peer_command, start_all, stop_servers, wait_idle,
+    BENCH, BUSY_SHARE, HOST, LOGS, REPO, RESULTS_MD, VENV_PY, WORK, Server, ServerSpec, _raise_on_sigterm,
+    append_results, cpu_busy_share, ensure_peer_venv, environment_lines, free_port, git_revision, markdown_table,
+    mlscore_command, name_list, package_versions, peer_command, run_script, start_all, stop_servers, wait_idle,
 )
 
 ENTRY_SCRIPT = BENCH / "overload_score.py"
