@@ -109,8 +109,8 @@ def _to_response(result: Any) -> RawResponse:
         headers = [(name.lower().encode("latin-1"), str(value).encode("latin-1"))
                    for name, value in result.headers.items()]
     except UnicodeEncodeError:
-        headers = [(b"?", b"")]  # not Latin-1: refused below
-    if headers and not _valid_headers(headers):
+        headers = None
+    if headers is None or not _valid_headers(headers):
         logger.error("run()'s response headers: %r", result.headers)
         raise NotHttp("run() answered with a response header that is not valid HTTP (a name with a separator, or a "
                       "character outside Latin-1, or a value with a line break or another control character).")

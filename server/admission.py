@@ -71,6 +71,11 @@ class Ticket:
         self.state = WAITING
         self.on_leave: Callable[[], None] | None = None  # set by the executor that pulled it
 
+    @property
+    def waiting(self) -> bool:
+        """Still waiting for a slot: queued, or held ready by a worker."""
+        return self.state == WAITING or self.state == PULLED
+
     def run_timeout(self, scoring_timeout: float) -> float:
         """Seconds run() may take: the scoring timeout, or less when the request's own budget ends sooner."""
         return min(scoring_timeout, self.budget - (self.started - self.arrived))
@@ -110,10 +115,11 @@ class AdmissionQueue:
     def hold_seconds(self) -> float:
         return self._hold_seconds
 
-    def try_acquire(self) -> Slot | None:
-        """A slot at once, or None when the caller would have to wait."""
+    def try_acquire(self, ticket: Ticket) -> Slot | None:
+        """A slot for the ticket at once (it is started then), or None when it would have to wait."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
+            ticket.state = STARTED
             return Slot(self)
         return None
 

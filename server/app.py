@@ -18,14 +18,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlscore.scoring.swagger import SwaggerDocuments
-from mlscore.server.admission import STARTED, AdmissionQueue, Slot, Ticket
+from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.server.data_collection import DataCollector
 from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception, v2_error_body
 from mlscore.server.logs import AccessLog
 from mlscore.server.metrics import Metrics
 from mlscore.server.protocol import DirectRequest
-from mlscore.server.routes import Routes
+from mlscore.server.routes import CONNECTION_CLOSE, Routes
 from mlscore.server.settings import Settings
 
 logger = logging.getLogger("mlscore.server")
@@ -165,13 +165,13 @@ class ScoreFirst:
         routes = self._routes
         try:
             picked = request.picked
-            checked = routes.check("POST", request.path, request.headers, picked)
+            checked = routes.check(request.method, request.path, request.headers, picked)
             if isinstance(checked, tuple):
                 headers, ids = checked
-                begun = routes.begin(request.loop, "POST", request.path, request.query, headers, request.body,
-                                     picked, ids)
+                begun = routes.begin(request.loop, request.method, request.path, request.query, headers,
+                                     request.body, picked, ids)
                 if isinstance(begun, Ticket):
-                    if begun.state != STARTED:
+                    if begun.waiting:
                         request.on_disconnect = functools.partial(routes.client_left, begun)
                     begun.answer.add_done_callback(
                         functools.partial(self._scored, request, begun, ids, started))
@@ -196,8 +196,8 @@ class ScoreFirst:
         response = self._counted(request.path, response)
         request.respond(response)
         if self._access is not None:
-            self._access.request({"method": "POST", "client": request.client}, request.path, response.status_code,
-                                 response.raw_headers, started)
+            self._access.request({"method": request.method, "client": request.client}, request.path,
+                                 response.status_code, response.raw_headers, started)
 
     def cut_off(self, request: DirectRequest) -> None:
         """The shutdown's grace period ran out with this request open (queued, or its run() still going)."""
@@ -236,7 +236,6 @@ def _stopped() -> Response:
                       "ran out).", [(b"retry-after", b"1")])
 
 
-CONNECTION_CLOSE = (b"connection", b"close")  # uvicorn closes the connection after a response that says so
 # Probes and scrapes: counted in the metrics, but left out of the access log, where they would be most lines.
 QUIET_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 KNOWN_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",

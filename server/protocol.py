@@ -57,7 +57,7 @@ class DirectRequest:
     RequestResponseCycle as the connection's `cycle`, so uvicorn's keep-alive, pipelining and
     shutdown code reads the same attributes from it."""
 
-    __slots__ = ("path", "query", "headers", "picked", "chunks", "keep_alive", "client", "on_disconnect",
+    __slots__ = ("path", "query", "headers", "picked", "chunks", "keep_alive", "on_disconnect",
                  "response_started", "response_complete", "disconnected", "_connection")
 
     method = "POST"
@@ -71,7 +71,6 @@ class DirectRequest:
         self.picked = picked  # the headers the server reads (request_ids.pick_headers)
         self.chunks: list[bytes] = []
         self.keep_alive = keep_alive
-        self.client = connection.client
         self.on_disconnect: Callable[[], None] | None = None  # the handler's, while the request waits
         self.response_started = False
         self.response_complete = False
@@ -81,6 +80,10 @@ class DirectRequest:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._connection.loop
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self._connection.client
 
     @property
     def body(self) -> bytes:

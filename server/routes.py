@@ -16,7 +16,7 @@ from mlscore.scoring.kserve_v2 import tensor_metadata
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
-from mlscore.server.admission import STARTED, Rejected, Ticket
+from mlscore.server.admission import Rejected, Ticket
 from mlscore.server.auth import AuthKeys
 from mlscore.server.errors import METHOD_NOT_ALLOWED, BytesResponse, json_error
 from mlscore.server.metrics import CONTENT_TYPE
@@ -39,7 +39,7 @@ _READY = orjson.dumps({"ready": True})
 SCORE_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 _ALLOWED = b"GET, POST, OPTIONS"
 _POST_ONLY = frozenset({"POST"})
-_CONNECTION_CLOSE = (b"connection", b"close")
+CONNECTION_CLOSE = (b"connection", b"close")  # the connection closes after a response that says so
 
 
 class BodyTooLarge(Exception):
@@ -146,14 +146,14 @@ class Routes:
         except BodyTooLarge:
             # The connection closes: the rest of the body is not worth reading.
             return json_error(413, f"Request body is larger than the limit of {self._max_body} bytes.",
-                              [*ids, _CONNECTION_CLOSE])
+                              [*ids, CONNECTION_CLOSE])
         except ClientDisconnect:
             return json_error(400, "The client disconnected before sending the whole body.", ids)
         begun = self.begin(asyncio.get_running_loop(), scope["method"], scope["path"], scope["query_string"], headers,
                            body, picked, ids)
         if isinstance(begun, Response):
             return begun
-        if begun.state != STARTED:
+        if begun.waiting:
             begun = await self._queued(begun, receive)
         else:
             await begun.answer
@@ -183,8 +183,7 @@ class Routes:
         """A checked request with its whole body: refused at once (not ready, a bad deadline header, a
         full queue), or its ticket, which holds a slot and is scoring, or is queued.
         Either way the ticket's answer completes by itself, on time; `finish` turns it into HTTP. A
-        ticket whose state is not STARTED is queued (or held ready by a worker): `client_left` takes
-        it out if its client goes."""
+        ticket still `waiting` is taken out of the queue by `client_left` if its client goes."""
         executor = self.state.executor
         if not executor.ready:
             self.state.metrics.rejected("not_ready")
@@ -196,9 +195,8 @@ class Routes:
         raw = RawRequest(method, path, query, headers, body, request_id_of(ids))
         ticket = Ticket(raw, loop.time(), budget, loop.create_future())
         admission = self.state.admission
-        slot = admission.try_acquire()
+        slot = admission.try_acquire(ticket)
         if slot is not None:
-            ticket.state = STARTED
             executor.submit(ticket, slot)
             return ticket
         full = admission.enqueue(ticket, min(budget, self._queue_wait))

@@ -30,7 +30,7 @@ from mlscore.server.app import Executor, ScoreFirst, ServerState, create_app
 from mlscore.server.executors import InlineExecutor, ThreadExecutor
 from mlscore.server import logs
 from mlscore.server.data_collection import DataCollectionError, DataCollector
-from mlscore.server.protocol import protocol_class
+from mlscore.server.protocol import DirectRequest, protocol_class
 from mlscore.server.supervisor import ProcessExecutor
 from mlscore.server.settings import Settings, log_level_number
 
@@ -306,9 +306,12 @@ class Server(uvicorn.Server):
 
     def _open_requests(self) -> int:
         """Requests accepted and not answered yet: ASGI tasks, and scoring POSTs answered without ASGI."""
-        direct = sum(getattr(connection, "pending_direct", None) is not None
-                     for connection in self.server_state.connections)
-        return len(self.server_state.tasks) + direct
+        return len(self.server_state.tasks) + len(self._direct_requests())
+
+    def _direct_requests(self) -> list[DirectRequest]:
+        """The scoring POSTs accepted without ASGI and not answered yet."""
+        return [pending for connection in list(self.server_state.connections)
+                if (pending := getattr(connection, "pending_direct", None)) is not None]
 
     async def _wait_tasks_to_complete(self) -> None:
         # uvicorn cancels this wait when the grace period runs out, and then every request task
@@ -316,13 +319,10 @@ class Server(uvicorn.Server):
         try:
             await super()._wait_tasks_to_complete()
         except asyncio.CancelledError:
-            self.cut_off = len(self.server_state.tasks)
-            handler = getattr(self.config.http, "direct_handler", None)
-            for connection in list(self.server_state.connections):
-                pending = getattr(connection, "pending_direct", None)
-                if pending is not None and handler is not None:
-                    self.cut_off += 1
-                    handler.cut_off(pending)
+            pending = self._direct_requests()
+            self.cut_off = len(self.server_state.tasks) + len(pending)
+            for request in pending:  # only connections with a direct handler have any
+                self.config.http.direct_handler.cut_off(request)  # type: ignore[union-attr]
             raise
 
 
