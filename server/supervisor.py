@@ -247,14 +247,15 @@ class ProcessExecutor:
                 return
 
     def _hold_ready(self, worker: Worker) -> bool:
-        """Top up the requests held ready in a worker that is running one; True if any was added."""
+        """Top up the requests held ready in a worker that is running one, once half of them have gone
+        (so that a few go out in one write); True if any was added."""
         connection = worker.connection
         if connection is None or not connection.calls or connection.calls[0].slot is None:
             return False
         hold = self._admission.hold_seconds
         depth = 1 + min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold) if hold > 0 else MAX_HELD_READY)
         if len(connection.calls) > max(1, depth // 2):
-            return False  # enough held: topped up when half are gone, a few requests to a write
+            return False
         added = False
         while len(connection.calls) < depth:
             ticket = self._admission.pull()
