@@ -29,7 +29,8 @@ def read_key_file(path: Path) -> tuple[str, ...]:
         raise KeyFileError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise KeyFileError(f"{path}: cannot be read: {getattr(error, 'strerror', None) or error}") from None
-    keys = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    lines = (line.strip() for line in text.splitlines())
+    keys = tuple(line for line in lines if line and not line.startswith("#"))
     if not keys:
         raise KeyFileError(f"{path}: holds no key (one key per line; blank lines and # comments are skipped)")
     if len(keys) > MAX_KEYS:

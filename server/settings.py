@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from mlscore.server.auth import KeyFileError, read_key_file
+from mlscore.scoring.json_limits import DEFAULT_MAX_DEPTH
+from mlscore.server.auth import MAX_KEYS, KeyFileError, read_key_file
 
 EXECUTORS = ("processes", "threads", "inline")
 DEVICES = ("auto", "cpu", "gpu", "opencl")
@@ -102,19 +103,22 @@ def _path(label: str, value: Any) -> Path:
     return Path(text).expanduser()
 
 
-def _keys(label: str, value: Any) -> tuple[str, ...]:
+def _items(value: Any) -> list[str]:
+    """A list's items (repeated flags, JSON), or a comma-separated value's, stripped."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    keys = tuple(str(item).strip() for item in items if str(item).strip())
-    if len(keys) > 2:
+    return [str(item).strip() for item in items]
+
+
+def _keys(label: str, value: Any) -> tuple[str, ...]:
+    keys = tuple(item for item in _items(value) if item)
+    if len(keys) > MAX_KEYS:
         raise SettingsError(f"{label}: at most two keys (primary, secondary), got {len(keys)}")
     return keys
 
 
 def _fds(label: str, value: Any) -> tuple[int, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     fds = []
-    for item in items:
-        text = str(item).strip()
+    for text in _items(value):
         if not text.isdigit():
             raise SettingsError(f"{label}: a file descriptor number, got {text!r}")
         fds.append(int(text))
@@ -148,8 +152,7 @@ def _byte_size(minimum: int) -> Callable[[str, Any], int]:
 
 
 def _origins(label: str, value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
+    return tuple(item for item in _items(value) if item)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -193,7 +196,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ssl_key_password", None, ("MLSCORE_SSL_KEY_PASSWORD",), None, _text),
     Setting("cors_origins", "cors_origins", ("AML_CORS_ORIGINS",), None, _origins, ()),
     Setting("max_body_bytes", "max_body_bytes", ("MLSCORE_MAX_BODY_BYTES",), None, _integer(1), 100 * 1024 * 1024),
-    Setting("max_json_depth", "max_json_depth", ("MLSCORE_MAX_JSON_DEPTH",), None, _integer(1, 1024), 64),
+    Setting("max_json_depth", "max_json_depth", ("MLSCORE_MAX_JSON_DEPTH",), None, _integer(1, 1024),
+            DEFAULT_MAX_DEPTH),
     Setting("max_header_bytes", "max_header_bytes", ("MLSCORE_MAX_HEADER_BYTES",), None,
             _integer(1024, 1024 * 1024), 64 * 1024),
     Setting("header_timeout", "header_timeout", ("MLSCORE_HEADER_TIMEOUT",), None, _seconds(3600), 10.0),

@@ -3,6 +3,7 @@ start refused with one clear line for a pair that cannot serve."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import ssl
@@ -74,8 +75,6 @@ def _with_openssl(openssl: str, cert: Path, key: Path, password: str | None) -> 
 
 
 def start_https_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Server:
-    import os
-
     log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(serve_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,

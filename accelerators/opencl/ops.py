@@ -191,6 +191,11 @@ class Product(Op):
         elif node.op_type == "Softmax":
             self.activation = ROW_SOFTMAX
 
+    def bias_of(self, add: "Add", constants: Mapping[str, np.ndarray]) -> str | None:
+        """The input of `add` (which reads this op's output) that the kernel can add as it stores
+        each value, or None: only MatMul takes one (Gemm and Conv have a bias input of their own)."""
+        return None
+
     def rows_fit(self, softmax: "Softmax", constants: Mapping[str, np.ndarray]) -> bool:
         """Whether `softmax` runs along this product's rows of at most DIRECT_COLUMNS values, so
         that the work-item that computes a row can finish it: the product's columns come from a
@@ -263,10 +268,9 @@ class MatMul(Product):
         # A bias of shape [1, ..., 1, n] adds leading 1s at most: the values are laid out alike.
         return broadcast_shape(product, shapes[2]) if len(shapes) > 2 else product
 
-    def bias_of(self, add: Op, constants: Mapping[str, np.ndarray]) -> str | None:
-        """The input of `add` (which reads this op's output) that the kernel can add as it stores
-        each value: a constant of shape [1, ..., 1, n] or [1, ..., 1] when B is a constant n-column
-        matrix, the layer of an MLP. None for anything else."""
+    def bias_of(self, add: "Add", constants: Mapping[str, np.ndarray]) -> str | None:
+        """A constant of shape [1, ..., 1, n] or [1, ..., 1] when B is a constant n-column matrix,
+        the layer of an MLP. None for anything else."""
         weights, product = constants.get(self.node.inputs[1]), self.node.outputs[0]
         other = [name for name in add.node.inputs if name != product]
         if weights is None or weights.ndim != 2 or len(other) != 1 or other[0] not in constants:
@@ -685,7 +689,7 @@ def fuse_epilogues(ops: list[Op], graph: Graph, row_softmax: bool = False) -> li
         if not isinstance(op, Product):
             continue
         follower = only_reader(op.node.outputs[0])
-        bias = op.bias_of(follower, graph.constants) if isinstance(op, MatMul) and isinstance(follower, Add) else None
+        bias = op.bias_of(follower, graph.constants) if isinstance(follower, Add) else None
         if bias is not None:
             op.absorb(follower.node, bias)
             folded.add(id(follower))
