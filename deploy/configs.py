@@ -746,7 +746,7 @@ def _json_object(schema: Schema, record: Any) -> dict[str, Any]:
 
 # --- what a config means for the server ----------------------------------------------------------------
 
-_ENV = {setting.name: setting.env[0] for setting in SETTINGS}  # the server's own variable names
+SERVER_ENV = {setting.name: setting.env[0] for setting in SETTINGS}  # setting → the server's own variable name
 
 
 def auth_enabled(config: DeploymentConfig) -> bool:
@@ -774,17 +774,17 @@ def to_settings_env(deployment: DeploymentConfig, inference: InferenceConfig | N
     """
     env: dict[str, str] = {}
     if inference is not None:
-        env[_ENV["device"]] = "gpu" if inference.enable_gpu else "cpu"
+        env[SERVER_ENV["device"]] = "gpu" if inference.enable_gpu else "cpu"
     if deployment.data_collection.storage_enabled:
-        env[_ENV["collect_data"]] = data_dir
+        env[SERVER_ENV["collect_data"]] = data_dir
     if isinstance(deployment, (AciConfig, AksConfig)) and deployment.app_insights_enabled:
-        env[_ENV["log_format"]] = "json"  # with a line per request: the access log is on with JSON
+        env[SERVER_ENV["log_format"]] = "json"  # with a line per request: the access log is on with JSON
     if isinstance(deployment, AksConfig):
-        env[_ENV["max_concurrent_requests"]] = str(deployment.max_concurrent_requests_per_container)
-        env[_ENV["max_queue_wait_ms"]] = str(deployment.max_queue_wait_ms)
-        env[_ENV["scoring_timeout_ms"]] = str(deployment.scoring_timeout_ms)
+        env[SERVER_ENV["max_concurrent_requests"]] = str(deployment.max_concurrent_requests_per_container)
+        env[SERVER_ENV["max_queue_wait_ms"]] = str(deployment.max_queue_wait_ms)
+        env[SERVER_ENV["scoring_timeout_ms"]] = str(deployment.scoring_timeout_ms)
     if auth_enabled(deployment):
         if keys is None or keys.primary_key is None:
             raise ValueError("authEnabled is true but no keys were given: pass service_keys(config)")
-        env[_ENV["auth_keys"]] = ",".join(key for key in (keys.primary_key, keys.secondary_key) if key)
+        env[SERVER_ENV["auth_keys"]] = ",".join(key for key in (keys.primary_key, keys.secondary_key) if key)
     return env

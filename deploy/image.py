@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from mlscore.deploy.configs import InferenceConfig
+from mlscore.deploy.configs import SERVER_ENV, InferenceConfig
 from mlscore.deploy.layout import MODELS_FOLDER, lay_out_models, model_dir_within
 from mlscore.deploy.registry import ModelVersion
 
@@ -41,8 +41,8 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 # not used: Azure's default (9.1) and anything before CUDA 12 could not run that build.
 GPU_BASE_IMAGE = "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
 ENGINES = ("docker", "podman")
-RUN_TIME_ONLY = frozenset({"MLSCORE_AUTH_KEYS"})  # secrets: given to `run`, never baked into a layer
-COLLECT_DATA_ENV = "MLSCORE_COLLECT_DATA"  # dataCollection: the folder in the container, made a volume
+RUN_TIME_ONLY = frozenset({SERVER_ENV["auth_keys"]})  # secrets: given to `run`, never baked into a layer
+COLLECT_DATA_ENV = SERVER_ENV["collect_data"]  # dataCollection: the folder in the container, made a volume
 TLS_DIR = PurePosixPath("/etc/mlscore/tls")  # sslEnabled: the certificate and key, mounted read-only at run time
 READY_TIMEOUT_S = 310.0  # Azure's initialDelaySeconds: how long a service's init() may take to be ready
 READY_POLL_S = 0.5
@@ -98,7 +98,7 @@ class BuildContext:
             command += ["--volume", f"mlscore-{self.service}-model-data:{self.data_dir}"]
         if self.tls is not None:
             for path, inside, env in zip(self.tls, (TLS_DIR / "cert.pem", TLS_DIR / "key.pem"),
-                                         ("MLSCORE_SSL_CERT", "MLSCORE_SSL_KEY")):
+                                         (SERVER_ENV["ssl_cert"], SERVER_ENV["ssl_key"])):
                 command += ["--volume", f"{path}:{inside}:ro", "--env", f"{env}={inside}"]
         if self.gpu:
             command += ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
@@ -149,12 +149,12 @@ def write_build_context(output: Path, service: str, inference: InferenceConfig, 
 
     image_env = {key: value for key, value in env.items() if key not in RUN_TIME_ONLY}
     image_env |= {
-        "AML_APP_ROOT": str(APP_ROOT),
-        "AZUREML_ENTRY_SCRIPT": entry_script.as_posix(),
-        "MLSCORE_PORT": str(CONTAINER_PORT),
+        SERVER_ENV["app_root"]: str(APP_ROOT),
+        SERVER_ENV["entry_script"]: entry_script.as_posix(),
+        SERVER_ENV["port"]: str(CONTAINER_PORT),
     }
     if model_dir is not None:
-        image_env["AZUREML_MODEL_DIR"] = str(model_dir)
+        image_env[SERVER_ENV["model_dir"]] = str(model_dir)
     dockerfile = _dockerfile(
         service=service,
         base_image=_base_image(inference),

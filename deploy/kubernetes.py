@@ -16,30 +16,27 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mlscore.deploy.configs import CONTAINER_DATA_DIR, AksConfig, InferenceConfig, Keys, to_settings_env
+from mlscore.deploy.configs import CONTAINER_DATA_DIR, SERVER_ENV, AksConfig, InferenceConfig, Keys, to_settings_env
+from mlscore.deploy.image import APP_ROOT, CONTAINER_PORT, RUN_AS_USER
 from mlscore.deploy.layout import model_dir_within
 from mlscore.deploy.registry import ModelVersion
 from mlscore.server.settings import SETTINGS
 
 Manifest = dict[str, Any]
 
-APP_ROOT = PurePosixPath("/var/azureml-app")  # where the image holds the app and azureml-models, as on Azure
 CONTAINER_NAME = "mlscore"
-RUN_AS_USER = 1000  # the image's non-root user; a numeric id lets the kubelet check runAsNonRoot
 PRE_STOP_SLEEP_S = 5  # time for the Service's endpoints to drop a stopping pod before it stops accepting
 PROBE_PERIOD_S = 5  # startup and readiness: a replica that turns ready is noticed within 5 s
 SHUTDOWN_MARGIN_S = 5
 SCALE_UP_PODS = 4  # the HPA's own default scale-up policy, kept beside the percent one
 DATA_VOLUME = "model-data"  # dataCollection: an emptyDir at CONTAINER_DATA_DIR, for a PersistentVolumeClaim to replace
 
-_ENV = {setting.name: setting.env[0] for setting in SETTINGS}
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
-PORT: int = _DEFAULTS["port"]
 GRACEFUL_TIMEOUT_S = math.ceil(_DEFAULTS["graceful_timeout"])  # the server's default; the manifests keep it
 PRIMARY_KEY_ENV = "MLSCORE_AUTH_PRIMARY_KEY"
 SECONDARY_KEY_ENV = "MLSCORE_AUTH_SECONDARY_KEY"
@@ -70,7 +67,7 @@ def render_manifests(service: str, deployment: AksConfig, inference: InferenceCo
                          "starting with a letter and ending with a letter or digit")
     # Raises when auth is on without keys.
     settings_env = to_settings_env(deployment, inference, keys, data_dir=str(CONTAINER_DATA_DIR))
-    auth_keys = keys if _ENV["auth_keys"] in settings_env else None
+    auth_keys = keys if SERVER_ENV["auth_keys"] in settings_env else None
     namespace = deployment.namespace
     manifests: list[Manifest] = []
     if namespace not in (None, "default"):
@@ -124,12 +121,13 @@ def _deployment(service: str, deployment: AksConfig, inference: InferenceConfig,
     if not _autoscaled(deployment):
         spec["replicas"] = deployment.num_replicas or deployment.auto_scaler.min_replicas
     # With the HPA on, replicas is left out: each apply would otherwise reset the count it chose.
-    pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
+    pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(CONTAINER_PORT),
                        "prometheus.io/path": "/metrics"}
     if keys is not None:
         # Keys reach the container at its start only: a change of keys changes the pod template, so
         # the pods are replaced (Helm's checksum idiom).
-        pod_annotations["mlscore/keys-sha256"] = hashlib.sha256(_joined(keys).encode()).hexdigest()
+        key_list = settings_env[SERVER_ENV["auth_keys"]]  # the keys, as the server is given them
+        pod_annotations["mlscore/keys-sha256"] = hashlib.sha256(key_list.encode()).hexdigest()
     metadata = _metadata(service, service, deployment.namespace)
     if models:
         metadata["annotations"] = {"mlscore/models": ",".join(model.ref for model in models)}
@@ -166,7 +164,7 @@ def _container(service: str, deployment: AksConfig, inference: InferenceConfig, 
     return {
         "name": CONTAINER_NAME,
         "image": image,
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "env": _environment(service, models, settings_env, keys),
         "resources": _resources(deployment, inference),
         **_probes(deployment),
@@ -177,24 +175,20 @@ def _container(service: str, deployment: AksConfig, inference: InferenceConfig, 
 
 def _environment(service: str, models: Sequence[ModelVersion], settings_env: Mapping[str, str],
                  keys: Keys | None) -> list[dict[str, Any]]:
-    env = [{"name": _ENV["host"], "value": "0.0.0.0"},  # the server's default, loopback, is unreachable in a pod
-           {"name": _ENV["port"], "value": str(PORT)},
-           {"name": _ENV["service_name"], "value": service}]
+    env = [{"name": SERVER_ENV["host"], "value": "0.0.0.0"},  # the server's default, loopback, is unreachable in a pod
+           {"name": SERVER_ENV["port"], "value": str(CONTAINER_PORT)},
+           {"name": SERVER_ENV["service_name"], "value": service}]
     if models:
-        env.append({"name": _ENV["model_dir"], "value": str(APP_ROOT / model_dir_within(models))})
-    env += [{"name": name, "value": value} for name, value in settings_env.items() if name != _ENV["auth_keys"]]
+        env.append({"name": SERVER_ENV["model_dir"], "value": str(APP_ROOT / model_dir_within(models))})
+    env += [{"name": name, "value": value} for name, value in settings_env.items() if name != SERVER_ENV["auth_keys"]]
     if keys is None:
         return env
     parts = [(PRIMARY_KEY_ENV, "primaryKey")] + ([(SECONDARY_KEY_ENV, "secondaryKey")] if keys.secondary_key else [])
     env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": _secret_name(service), "key": key}}}
             for name, key in parts]
     # Kubernetes expands $(NAME) from the variables above, so the keys never appear in the Deployment.
-    env.append({"name": _ENV["auth_keys"], "value": ",".join(f"$({name})" for name, _ in parts)})
+    env.append({"name": SERVER_ENV["auth_keys"], "value": ",".join(f"$({name})" for name, _ in parts)})
     return env
-
-
-def _joined(keys: Keys) -> str:
-    return ",".join(key for key in (keys.primary_key, keys.secondary_key) if key)
 
 
 def _resources(deployment: AksConfig, inference: InferenceConfig) -> dict[str, Any]:

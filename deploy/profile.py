@@ -31,12 +31,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mlscore.deploy.configs import ConfigError, InferenceConfig, LocalConfig, load_inference_config, to_settings_env
+from mlscore.deploy.configs import (
+    SERVER_ENV,
+    ConfigError,
+    InferenceConfig,
+    LocalConfig,
+    load_inference_config,
+    to_settings_env,
+)
 from mlscore.deploy.layout import lay_out_models
 from mlscore.deploy.local_host import log_tail
 from mlscore.deploy.registry import HOME_ENV, Registry, RegistryError
 # the same models, --entry-script and --app-root as a deploy
 from mlscore.deploy.service import DeployError, model_versions, serve_args
+from mlscore.server.settings import SETTINGS
 
 Progress = Callable[[str], None]
 
@@ -239,7 +247,6 @@ class Profile:
     entry_script: str
     sample: dict[str, Any]
     plan: Plan
-    workers: int
     cpu_count: int
     memory_measure: str  # "pss" or "rss"
     started_at: str
@@ -248,6 +255,11 @@ class Profile:
     output: Path
     files: tuple[str, ...] = ()  # written into `output`
     notes: tuple[str, ...] = ()
+
+    @property
+    def workers(self) -> int:
+        """The server's workers and scoring slots: one per client at the highest level."""
+        return self.plan.highest
 
     @property
     def errors(self) -> int:
@@ -302,7 +314,7 @@ def profile(registry: Registry, models: Sequence[str], inference: InferenceConfi
             levels, measure = asyncio.run(_measure(server, sample, plan, progress))
     result = Profile(name, tuple(version.ref for version in versions), str(inference.entry_script_path),
                      {"source": sample.source, "content_type": sample.content_type, "bytes": len(sample.body)},
-                     plan, plan.highest, os.cpu_count() or 1, measure, started_at, tuple(levels), recommend(levels),
+                     plan, os.cpu_count() or 1, measure, started_at, tuple(levels), recommend(levels),
                      output, notes=_notes(levels))
     if write_plot(result, output / PROFILE_PNG):
         result = replace(result, files=(PROFILE_JSON, PROFILE_PNG, SERVER_LOG))
@@ -336,11 +348,9 @@ def _serve_command(script_args: list[str], model_dir: Path, slots: int) -> list[
 def _server_env(inference: InferenceConfig, name: str) -> dict[str, str]:
     """This environment without the server's own variables (they would change what is profiled), with
     the inference config's device and the profile's name."""
-    from mlscore.server.settings import SETTINGS
-
     ours = {variable for setting in SETTINGS for variable in setting.env}
     env = {key: value for key, value in os.environ.items() if key not in ours}
-    return {**env, **to_settings_env(LocalConfig(), inference), "SERVICE_NAME": name}
+    return {**env, **to_settings_env(LocalConfig(), inference), SERVER_ENV["service_name"]: name}
 
 
 def _notes(levels: Sequence[Level]) -> tuple[str, ...]:
@@ -362,10 +372,13 @@ def _notes(levels: Sequence[Level]) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class _Server:
     process: subprocess.Popen
-    url: str
     host: str
     port: int
     log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 @contextmanager
@@ -383,16 +396,16 @@ def _running_server(command: list[str], env: dict[str, str], cwd: Path, log: Pat
 
 def _wait_ready(process: subprocess.Popen, log: Path) -> _Server:
     deadline = time.monotonic() + READY_TIMEOUT_S
-    address: tuple[str, int] | None = None
+    server: _Server | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ProfileError(f"the server exited with status {process.returncode} before it was ready; "
                                f"the end of {log}:\n{log_tail(log)}")
-        if address is None:
+        if server is None:
             match = _SERVING.search(log.read_text(encoding="utf-8", errors="replace"))
-            address = (match.group(1), int(match.group(2))) if match else None
-        if address is not None and _get(f"http://{address[0]}:{address[1]}/health/ready")[0] == 200:
-            return _Server(process, f"http://{address[0]}:{address[1]}", address[0], address[1], log)
+            server = _Server(process, match.group(1), int(match.group(2)), log) if match else None
+        if server is not None and _get(f"{server.url}/health/ready")[0] == 200:
+            return server
         time.sleep(0.1)
     raise ProfileError(f"the server was not ready within {READY_TIMEOUT_S:g} s; the end of {log}:\n{log_tail(log)}")
 
@@ -635,9 +648,9 @@ class ProcessTree:
         map them (workers forked from one parent share much), else RSS, which counts shared pages in each."""
         total, measure = 0, "pss"
         for pid in self.pids():
-            size = _smaps_pss(pid)
+            size = _proc_kib(pid, "smaps_rollup", b"Pss:")
             if size is None:
-                size, measure = _status_rss(pid), "rss"
+                size, measure = _proc_kib(pid, "status", b"VmRSS:"), "rss"
             total += size or 0
         return total, measure
 
@@ -652,22 +665,12 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()
 
 
-def _smaps_pss(pid: int) -> int | None:
+def _proc_kib(pid: int, file: str, key: bytes) -> int | None:
+    """The `KEY: N kB` line of /proc/PID/FILE, in bytes; None when the process has ended or the line is missing."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
-            for line in rollup:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _status_rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmRSS:"):
+        with open(f"/proc/{pid}/{file}", "rb") as lines:
+            for line in lines:
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         return None

@@ -19,6 +19,7 @@ from mlscore.deploy.configs import (
     AciConfig,
     CONTAINER_DATA_DIR,
     DATA_COLLECTION_DIR,
+    SERVER_ENV,
     AksConfig,
     DeploymentConfig,
     InferenceConfig,
@@ -224,7 +225,7 @@ def serve_args(inference: InferenceConfig) -> list[str]:
 
 def _server_env(name: str, inference: InferenceConfig, deployment: DeploymentConfig,
                 keys: Keys | None, data_dir: str) -> dict[str, str]:
-    return {**to_settings_env(deployment, inference, keys, data_dir), "SERVICE_NAME": name}
+    return {**to_settings_env(deployment, inference, keys, data_dir), SERVER_ENV["service_name"]: name}
 
 
 def _run_local(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,

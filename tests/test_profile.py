@@ -205,7 +205,7 @@ def test_default_levels_stop_at_the_core_count_but_keep_two():
 
 def test_a_profile_with_failed_requests_is_written_but_exits_1_naming_the_statuses(tmp_path, capsys):
     levels = (level(1, 400, 0.9), replace(level(2, 600, 1.4), errors=3, error_statuses={"500": 2, "connection": 1}))
-    result = Profile("m", ("m:1",), "score.py", {"source": "x"}, Plan((1, 2)), 2, 2, "pss", "now", levels,
+    result = Profile("m", ("m:1",), "score.py", {"source": "x"}, Plan((1, 2)), 2, "pss", "now", levels,
                      recommend(levels), tmp_path, ("profile.json",))
     assert _report(result) == 1
     captured = capsys.readouterr()
@@ -215,7 +215,7 @@ def test_a_profile_with_failed_requests_is_written_but_exits_1_naming_the_status
 
 def test_without_matplotlib_no_plot_is_written(tmp_path, monkeypatch):
     levels = (level(1, 400, 0.9),)
-    result = Profile("m", ("m:1",), "score.py", {"source": "x"}, Plan((1,)), 1, 2, "pss", "now", levels,
+    result = Profile("m", ("m:1",), "score.py", {"source": "x"}, Plan((1,)), 2, "pss", "now", levels,
                      recommend(levels), tmp_path)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of it raises ImportError
     assert write_plot(result, tmp_path / "profile.png") is False
