@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from mlscore.server.settings import SETTINGS
+from mlscore.server.settings import (
+    MAX_CONCURRENT_REQUESTS_LIMIT, MAX_QUEUE_WAIT_MS_LIMIT, SCORING_TIMEOUT_MS_LIMIT, SETTINGS,
+)
 
 # Where the defaults come from. [deploy-2019] is Azure's "Deploy models with the Azure Machine Learning
 # service" (ms.date 07/08/2019; shared/reference/000_… and 002_…, same text in two languages): its
@@ -406,9 +408,9 @@ NAMESPACE = Pattern(
     "(a Kubernetes namespace: an RFC 1123 label)",
 )
 # The server's own bounds (server/settings.py), so that what a config passes on always starts.
-SCORING_TIMEOUT_MS = Range(1, 86_400_000, reason="the server's limit: 24 h")
-MAX_CONCURRENT_REQUESTS = Range(1, 1000, reason="the server's limit")
-MAX_QUEUE_WAIT_MS = Range(0, 3_600_000, reason="the server's limit: 1 h")
+SCORING_TIMEOUT_MS = Range(1, SCORING_TIMEOUT_MS_LIMIT, reason="the server's limit: 24 h")
+MAX_CONCURRENT_REQUESTS = Range(1, MAX_CONCURRENT_REQUESTS_LIMIT, reason="the server's limit")
+MAX_QUEUE_WAIT_MS = Range(0, MAX_QUEUE_WAIT_MS_LIMIT, reason="the server's limit: 1 h")
 
 APP_INSIGHTS_NOTE = ("no Application Insights here: the server writes JSON log lines to stdout instead (a line per "
                      "request with its id, status and timings), for a collector such as the Azure Monitor agent or "

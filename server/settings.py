@@ -21,6 +21,10 @@ from mlscore.scoring.json_limits import DEFAULT_MAX_DEPTH
 from mlscore.server.auth import MAX_KEYS, KeyFileError, read_key_file
 
 EXECUTORS = ("processes", "threads", "inline")
+# The highest admission settings the server takes (the deployment config's validation quotes them).
+MAX_CONCURRENT_REQUESTS_LIMIT = 1000
+MAX_QUEUE_WAIT_MS_LIMIT = 3_600_000  # 1 h
+SCORING_TIMEOUT_MS_LIMIT = 86_400_000  # 24 h
 DEVICES = ("auto", "cpu", "gpu", "opencl")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -179,11 +183,11 @@ SETTINGS: tuple[Setting, ...] = (
             _seconds(7 * 86_400), 3600.0),
     Setting("collect_buffer", "collect_buffer", ("MLSCORE_COLLECT_BUFFER",), None, _integer(1, 10_000_000), 10_000),
     Setting("max_concurrent_requests", "max_concurrent_requests", ("MLSCORE_MAX_CONCURRENT_REQUESTS",),
-            "maxConcurrentRequestsPerContainer", _integer(1, 1000), 1),
+            "maxConcurrentRequestsPerContainer", _integer(1, MAX_CONCURRENT_REQUESTS_LIMIT), 1),
     Setting("max_queue_wait_ms", "max_queue_wait_ms", ("MLSCORE_MAX_QUEUE_WAIT_MS",), "maxQueueWaitMs",
-            _integer(0, 3_600_000), 500),
+            _integer(0, MAX_QUEUE_WAIT_MS_LIMIT), 500),
     Setting("scoring_timeout_ms", "scoring_timeout_ms", ("MLSCORE_SCORING_TIMEOUT_MS", "SCORING_TIMEOUT_MS"),
-            "scoringTimeoutMs", _integer(1, 86_400_000), 60_000),
+            "scoringTimeoutMs", _integer(1, SCORING_TIMEOUT_MS_LIMIT), 60_000),
     Setting("max_queue_size", "max_queue_size", ("MLSCORE_MAX_QUEUE_SIZE",), None, _integer(0, 1_000_000), 1024),
     Setting("executor", "executor", ("MLSCORE_EXECUTOR",), None, _choice(EXECUTORS), "processes"),
     Setting("workers", "workers", ("WORKER_COUNT",), None, _integer(1, 256)),
