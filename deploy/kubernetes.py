@@ -207,7 +207,8 @@ def _resources(deployment: AksConfig, inference: InferenceConfig) -> dict[str, A
 
 
 def _probes(deployment: AksConfig) -> dict[str, Any]:
-    """Liveness on `/` from livenessProbeRequirements; readiness on /health/ready; a startup probe
+    """Liveness on /health/live from livenessProbeRequirements (not `/`, which like Azure's means ready:
+    a replica busy with a long init() or stuck slots is alive); readiness on /health/ready; a startup probe
     that gives init() and the warm-up the time Azure's liveness probe would have given them.
 
     Azure delays its liveness probe by initialDelaySeconds (310 s) so that init() can finish; here
@@ -224,7 +225,7 @@ def _probes(deployment: AksConfig) -> dict[str, Any]:
             "failureThreshold": max(1, math.ceil(init_budget_s / PROBE_PERIOD_S)),
         },
         "livenessProbe": {
-            "httpGet": {"path": "/", "port": "http"},
+            "httpGet": {"path": "/health/live", "port": "http"},
             "periodSeconds": probe.period_seconds,
             "timeoutSeconds": probe.timeout_seconds,
             "successThreshold": probe.success_threshold,  # configs allow only 1, as Kubernetes does

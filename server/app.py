@@ -13,6 +13,7 @@ from typing import AsyncIterator, Protocol
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,15 +68,37 @@ class ServerState:
     collector: DataCollector | None = None  # model data collection (--collect-data)
 
 
-def create_app(state: ServerState) -> ASGIApp:
-    routes = Routes(state)
+def _health_routes(routes: Routes) -> list[Route]:
     health = ["GET", "HEAD"]
-    table = [
+    return [
         Route("/", routes.healthy, methods=health),
         Route("/health/live", routes.live, methods=health),
         Route("/health/ready", routes.ready, methods=health),
         Route("/v2/health/live", routes.live, methods=health),
         Route("/v2/health/ready", routes.ready, methods=health),
+    ]
+
+
+def create_health_app(state: ServerState) -> ASGIApp:
+    """The app of the health listener (`--health-port`, azmlinfsrv's SEPERATE_HEALTH_ENDPOINT): the
+    health routes of the same server, answered by the event loop, and nothing else."""
+    return Starlette(routes=_health_routes(Routes(state)),
+                     exception_handlers={HTTPException: _health_port_only, Exception: unhandled_exception})
+
+
+async def _health_port_only(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code != 404:
+        return await http_exception(request, error)
+    return json_error(404, f"{request.url.path} is not on the health port, which answers only {', '.join(HEALTH_ROUTES)}: "
+                      "score on the service's port.")
+
+
+def create_app(state: ServerState) -> ASGIApp:
+    routes = Routes(state)
+    health = ["GET", "HEAD"]
+    table = [
+        *_health_routes(routes),
         Route("/swagger.json", routes.swagger, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
         Route("/v2", routes.v2_server, methods=health),
@@ -236,7 +259,7 @@ def _stopped() -> Response:
                       "ran out).", [(b"retry-after", b"1")])
 
 
+HEALTH_ROUTES = ("/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready")
 # Probes and scrapes: counted in the metrics, but left out of the access log, where they would be most lines.
-QUIET_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
-KNOWN_ROUTES = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",
-                          "/swagger.json", "/metrics", "/v2"})
+QUIET_ROUTES = frozenset({*HEALTH_ROUTES, "/metrics"})
+KNOWN_ROUTES = frozenset({*HEALTH_ROUTES, "/swagger.json", "/metrics", "/v2"})

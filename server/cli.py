@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", help="port to listen on (default 5001)")
     serve.add_argument("--fd", action="append", default=[], help="serve an inherited listening socket by its "
                        "file descriptor, in place of --host and --port (repeatable; env MLSCORE_LISTEN_FDS)")
+    serve.add_argument("--health-port", dest="health_port", help="also answer the health routes (/, /health/live, "
+                       "/health/ready) on this port, with connections of their own (env MLSCORE_HEALTH_PORT)")
     serve.add_argument("--config", type=Path, help="JSON file whose keys are the environment variables' names")
     serve.add_argument("--inference-config", dest="inference_config", type=Path,
                        help="inference-config JSON (entryScript, sourceDirectory, enableGpu)")

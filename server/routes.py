@@ -59,17 +59,29 @@ class Routes:
         self._collector = state.collector
 
     async def healthy(self, request: Request) -> Response:
-        return BytesResponse(200, [(b"content-type", b"text/plain; charset=utf-8")], b"Healthy")
+        """`/`, Azure's probe: 200 `Healthy` once ready (Azure's platform and users send traffic then),
+        else 503 with the reason, as /health/ready."""
+        reason = self.not_ready_reason()
+        if reason is None:
+            return BytesResponse(200, [(b"content-type", b"text/plain; charset=utf-8")], b"Healthy")
+        return json_error(503, f"Not ready: {reason}.", [_retry_after(1)])
 
     async def live(self, request: Request) -> Response:
         return BytesResponse(200, [(b"content-type", b"application/json")], _LIVE)
 
     async def ready(self, request: Request) -> Response:
-        if self.state.ready and self.state.executor.ready:
+        reason = self.not_ready_reason()
+        if reason is None:
             return BytesResponse(200, [(b"content-type", b"application/json")], _READY)
-        reason = self.state.not_ready_reason or self.state.executor.not_ready_reason
         body = orjson.dumps({"ready": False, "message": reason})
         return BytesResponse(503, [(b"content-type", b"application/json"), _retry_after(1)], body)
+
+    def not_ready_reason(self) -> str | None:
+        """None when the replica takes traffic (init() and the warm-up passed, a scoring slot can be
+        had); else why not."""
+        if self.state.ready and self.state.executor.ready:
+            return None
+        return self.state.not_ready_reason or self.state.executor.not_ready_reason
 
     async def metrics(self, request: Request) -> Response:
         if self._metrics_auth:
@@ -98,9 +110,9 @@ class Routes:
         model = self._v2_model(request)
         if model is None:
             return self._v2_unknown(request)
-        if self.state.ready and self.state.executor.ready:
+        reason = self.not_ready_reason()
+        if reason is None:
             return _json(200, {"name": model.name, "ready": True})
-        reason = self.state.not_ready_reason or self.state.executor.not_ready_reason
         return BytesResponse(503, [(b"content-type", b"application/json"), _retry_after(1)],
                              orjson.dumps({"name": model.name, "ready": False, "error": reason, "message": reason}))
 

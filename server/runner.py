@@ -11,8 +11,8 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TypeVar
 
 import uvicorn
 
@@ -26,7 +26,7 @@ from mlscore.scoring.onnx_model import OnnxPipeline, signature_schema
 from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
-from mlscore.server.app import Executor, ScoreFirst, ServerState, create_app
+from mlscore.server.app import Executor, ScoreFirst, ServerState, create_app, create_health_app
 from mlscore.server.executors import InlineExecutor, ThreadExecutor
 from mlscore.server import logs
 from mlscore.server.data_collection import DataCollectionError, DataCollector
@@ -40,6 +40,7 @@ EXIT_STARTUP_FAILED = 3  # Azure's scoring server exits 3 when the entry script 
 EXIT_BAD_SETTINGS = 2
 EXIT_PORT_UNAVAILABLE = 1
 STARTING = "init() and the warm-up run() have not finished yet"
+APP_ROOT_ENV, ENTRY_SCRIPT_ENV = "AML_APP_ROOT", "AZUREML_ENTRY_SCRIPT"
 Pipeline = ScoringPipeline | OnnxPipeline
 T = TypeVar("T")
 
@@ -58,6 +59,7 @@ class Started:
     state: ServerState
     sockets: list[socket.socket]
     pipeline: Pipeline
+    health_sockets: list[socket.socket] = field(default_factory=list)  # the health listener's (--health-port)
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
@@ -91,11 +93,15 @@ def start(settings: Settings) -> Started:
                            "--model MODEL.onnx", EXIT_BAD_SETTINGS)
     sockets = inherited(settings.listen_fds) if settings.listen_fds else [bind(settings.host, settings.port)]
     try:
+        if settings.health_port is not None:
+            sockets.append(bind(settings.host, settings.health_port))
         state, pipeline = prepare_state(settings)
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
+    if settings.health_port is not None:
+        return Started(state, sockets[:-1], pipeline, sockets[-1:])
     return Started(state, sockets, pipeline)
 
 
@@ -129,8 +135,7 @@ def build_state(settings: Settings) -> ServerState:
 def prepare_state(settings: Settings) -> tuple[ServerState, Pipeline]:
     """The script imported and Swagger built; the state's executor is a stand-in that is not ready,
     and the pipeline's init() has not run."""
-    if settings.model_dir is not None:
-        os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
+    export_script_environment(settings)
     export_device_settings(settings)
     collector = open_collector(settings)  # before the script: a folder that cannot be written fails at once
     pipeline = load_script(settings)
@@ -159,6 +164,17 @@ def open_collector(settings: Settings) -> DataCollector | None:
     collect.enable()  # with threads and inline, run()'s collect() calls are made in this process
     logger.info("data collection: inputs and outputs of scored requests go to %s", collector.folder)
     return collector
+
+
+def export_script_environment(settings: Settings) -> None:
+    """Azure's variables, where the script reads them (`os.environ["AML_APP_ROOT"]` to find its files),
+    in this process and the workers it spawns: the app root and the entry script always, as absolute
+    paths, and the model folder when one is given."""
+    os.environ[APP_ROOT_ENV] = str(settings.app_root.resolve())
+    if settings.entry_script is not None:
+        os.environ[ENTRY_SCRIPT_ENV] = str(resolve_script_path(settings.entry_script, settings.app_root))
+    if settings.model_dir is not None:
+        os.environ[MODEL_DIR_ENV] = str(settings.model_dir.resolve())
 
 
 def export_device_settings(settings: Settings) -> None:
@@ -232,6 +248,7 @@ class NotStarted:
         """Nothing to stop: init() still running is abandoned with the process."""
 
 
+HEALTH_MAX_CONNECTIONS = 64  # the health listener's own bound: probes, not clients
 DRAIN_SECONDS = 1.0  # how long a stop keeps answering on open connections before closing idle ones
 
 
@@ -249,13 +266,49 @@ class Server(uvicorn.Server):
         self.cut_off = 0  # requests still open when the grace period ran out
         self._launch = started
         self._scoring_start: asyncio.Future[None] | None = None
+        self._health_servers: list[asyncio.base_events.Server] = []
+        self._health_connections = uvicorn.server.ServerState()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         scheme = "https" if self._launch.state.settings.ssl_cert else "http"
         where = ", ".join(_address(sock, scheme) for sock in self._launch.sockets)
         logger.info("listening on %s; running init() and the warm-up (/health/ready is 503 until they pass)", where)
+        if self._launch.health_sockets:
+            await self._serve_health()
+            logger.info("health routes (/, /health/live, /health/ready) also on %s",
+                        ", ".join(_address(sock, scheme) for sock in self._launch.health_sockets))
         self._scoring_start = asyncio.ensure_future(self._start_scoring(where))
+
+    async def _serve_health(self) -> None:
+        """The health listener: the health routes on a socket of their own, with connections counted
+        apart, so that neither scoring nor a full connection table on the main port keeps a probe
+        from its answer."""
+        settings = self._launch.state.settings
+        config = uvicorn.Config(
+            create_health_app(self._launch.state), lifespan="off", access_log=False, log_config=None,
+            http=protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
+                                HEALTH_MAX_CONNECTIONS),
+            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
+            ssl_certfile=settings.ssl_cert, ssl_keyfile=settings.ssl_key,
+            ssl_keyfile_password=settings.ssl_key_password, server_header=False,
+        )
+        config.load()
+        loop = asyncio.get_running_loop()
+
+        def connection() -> asyncio.Protocol:
+            return config.http_protocol_class(config=config, server_state=self._health_connections,  # type: ignore[call-arg]
+                                              app_state={}, _loop=loop)
+
+        for sock in self._launch.health_sockets:
+            self._health_servers.append(await loop.create_server(connection, sock=sock, ssl=config.ssl,
+                                                                 backlog=config.backlog))
+
+    def _close_health(self) -> None:
+        for server in self._health_servers:
+            server.close()
+        for connection in list(self._health_connections.connections):
+            connection.shutdown()
 
     async def _start_scoring(self, where: str) -> None:
         state = self._launch.state
@@ -275,6 +328,7 @@ class Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.exit_code:  # init() failed: nothing was accepted, and the reason is logged already
+            self._close_health()
             await super().shutdown(sockets=sockets)
             return
         admission = self._launch.state.admission
@@ -283,6 +337,7 @@ class Server(uvicorn.Server):
                     self.config.timeout_graceful_shutdown)
         await self._drain(sockets)
         await super().shutdown(sockets=sockets)
+        self._close_health()  # probes are answered ("stopping") until the scoring side is done
         if self.cut_off:
             logger.warning("stopped: the grace period ran out; %d request(s) were cut off", self.cut_off)
         else:
@@ -402,8 +457,11 @@ async def _in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
     return await done
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, notes: Sequence[str] = ()) -> int:
+    """Serve until stopped; `notes`: lines the command has for the log (azmlinfsrv's)."""
     configure_logging(settings.log_level, settings.log_format)
+    for note in notes:
+        logger.info("%s", note)
     summary = settings.redacted()
     logger.info("settings: %s", summary, extra={"settings": summary})
     try:

@@ -173,6 +173,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "host", ("MLSCORE_HOST",), None, _text, "127.0.0.1"),
     Setting("port", "port", ("MLSCORE_PORT",), "port", _integer(0, 65535), 5001),
     Setting("listen_fds", "fd", ("MLSCORE_LISTEN_FDS",), None, _fds, ()),
+    Setting("health_port", "health_port", ("MLSCORE_HEALTH_PORT",), None, _integer(0, 65535)),
     Setting("log_level", "log_level", ("MLSCORE_LOG_LEVEL", "AZUREML_LOG_LEVEL"), None, _choice(LOG_LEVELS), "info"),
     Setting("log_format", "log_format", ("MLSCORE_LOG_FORMAT",), None, _choice(LOG_FORMATS), "text"),
     Setting("access_log", "access_log", ("MLSCORE_ACCESS_LOG",), None, _switch),  # None: on with json logs
@@ -231,6 +232,7 @@ class Settings:
     host: str
     port: int
     listen_fds: tuple[int, ...]  # inherited listening sockets, served in place of host and port
+    health_port: int | None  # a second listener, on the same host, that answers only the health routes
     log_level: str
     log_format: str  # text (people) or json (collectors: one object per line)
     access_log: bool  # a line per request, whatever the log level
@@ -272,20 +274,27 @@ class Settings:
         config_file: Path | None = None,
         deploy_config: Path | None = None,
         inference_config: Path | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        flag_names: Mapping[str, str] | None = None,
     ) -> "Settings":
-        """The settings from every source; raises SettingsError on the first unusable value."""
+        """The settings from every source; raises SettingsError on the first unusable value.
+        `defaults` replaces the table's defaults of some settings (azmlinfsrv has Azure's); `config`
+        is the config file's content when the caller has read it already; `flag_names` the flags as
+        another command spells them (`{"workers": "--worker_count"}`), for error messages."""
         cli = {key: value for key, value in (cli or {}).items() if value is not None and value != []}
         environ = os.environ if environ is None else environ
-        config_path = config_file or (Path(environ["AZUREML_CONFIG_FILE"]) if environ.get("AZUREML_CONFIG_FILE") else None)
-        config = _read_json(config_path, "--config") if config_path else {}
+        defaults = defaults or {}
+        if config is None:
+            config = read_config_file(config_file, environ)
         deploy = _read_json(deploy_config, "--deploy-config") if deploy_config else {}
         inference = _read_json(inference_config, "--inference-config") if inference_config else {}
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for setting in SETTINGS:
-            found = _lookup(setting, cli, environ, config, deploy, inference)
+            found = _lookup(setting, cli, environ, config, deploy, inference, flag_names or {})
             if found is None:
-                values[setting.name] = setting.default
+                values[setting.name] = defaults.get(setting.name, setting.default)
                 sources[setting.name] = "default"
                 continue
             label, raw = found
@@ -300,10 +309,16 @@ class Settings:
             raise SettingsError(f"{sources['model_name'] if sources['model_name'] != 'default' else 'the model name'}"
                                 f"={values['model_name']!r}: use letters, digits, '.', '_' and '-' (it is part of "
                                 "the /v2/models/NAME routes); --model-name sets it")
+        if values["health_port"] is not None and values["health_port"] == values["port"] != 0:
+            raise SettingsError(f"{sources['health_port']}={values['health_port']}: the health port must differ from "
+                                f"the scoring port ({sources['port']})")
         if values["access_log"] is None:
             values["access_log"] = values["log_format"] == "json"
         if values["workers"] is None:
             values["workers"] = values["max_concurrent_requests"]
+        elif sources["max_concurrent_requests"] == "default":
+            # As on Azure, each worker scores one request at a time: N workers, N requests in run().
+            values["max_concurrent_requests"] = values["workers"]
         _check_security(values, sources)
         if values["app_root"] is None:
             values["app_root"] = Path.cwd()
@@ -319,12 +334,11 @@ class Settings:
 
 def _lookup(
     setting: Setting, cli: Mapping[str, Any], environ: Mapping[str, str], config: Mapping[str, Any],
-    deploy: Mapping[str, Any],
-    inference: Mapping[str, Any],
+    deploy: Mapping[str, Any], inference: Mapping[str, Any], flag_names: Mapping[str, str],
 ) -> tuple[str, Any] | None:
     """(label naming the source, raw value) of the highest source that sets this setting."""
     if setting.flag and setting.flag in cli:
-        return f"--{setting.flag.replace('_', '-')}", cli[setting.flag]
+        return flag_names.get(setting.flag) or f"--{setting.flag.replace('_', '-')}", cli[setting.flag]
     for name in setting.env:
         if environ.get(name, "") != "":
             return name, environ[name]
@@ -383,6 +397,12 @@ def tls_context(cert: Path, key: Path | None, password: str | None) -> ssl.SSLCo
     except OSError as error:
         raise TlsError(f"cannot be read: {error}") from None
     return context
+
+
+def read_config_file(path: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The `--config` file (or `AZUREML_CONFIG_FILE`'s): keys are the environment variables' names."""
+    path = path or (Path(environ["AZUREML_CONFIG_FILE"]) if environ.get("AZUREML_CONFIG_FILE") else None)
+    return _read_json(path, "config file") if path else {}
 
 
 def _read_json(path: Path, flag: str) -> dict[str, Any]:

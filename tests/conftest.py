@@ -27,6 +27,18 @@ def example_models() -> None:
     subprocess.run([sys.executable, str(EXAMPLES / "build_models.py")], check=True, capture_output=True)
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """In-process servers export Azure's variables (AML_APP_ROOT, AZUREML_ENTRY_SCRIPT, ...) to the
+    process that runs the script, as a real server does; here that is pytest's own, so each test
+    gets the environment back as it found it."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @dataclass
 class Server:
     process: subprocess.Popen
@@ -93,7 +105,7 @@ def run_server_to_exit(tmp_path: Path, *args: str, env: dict[str, str] | None = 
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url + "/", timeout=2).status_code == 200
+        return httpx.get(url + "/health/live", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 

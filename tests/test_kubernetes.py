@@ -247,10 +247,10 @@ def test_gpus_are_asked_for_only_for_a_model_that_runs_on_a_gpu(inference: Infer
 # --- probes and shutdown -------------------------------------------------------------------------------
 
 
-def test_liveness_probe_on_slash_takes_liveness_probe_requirements() -> None:
+def test_liveness_probe_on_health_live_takes_liveness_probe_requirements() -> None:
     probe = container(render({"livenessProbeRequirements": {
         "periodSeconds": 7, "initialDelaySeconds": 60, "timeoutSeconds": 4, "failureThreshold": 5}}))["livenessProbe"]
-    assert probe == {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 7, "timeoutSeconds": 4,
+    assert probe == {"httpGet": {"path": "/health/live", "port": "http"}, "periodSeconds": 7, "timeoutSeconds": 4,
                      "successThreshold": 1, "failureThreshold": 5}
 
 

@@ -50,7 +50,9 @@ def start_listening(tmp_path: Path, *args: str, env: dict[str, str], timeout: fl
 def assert_starting(url: str) -> None:
     """Alive, not ready (503, Retry-After, why), and /score turned away the same way."""
     assert httpx.get(url + "/health/live").status_code == 200
-    assert httpx.get(url + "/").status_code == 200
+    healthy = httpx.get(url + "/")  # Azure's probe means ready
+    assert healthy.status_code == 503 and healthy.headers["retry-after"] == "1"
+    assert healthy.json() == {"message": "Not ready: init() and the warm-up run() have not finished yet."}
     for path in ("/health/ready", "/v2/health/ready"):
         ready = httpx.get(url + path)
         assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
