@@ -72,12 +72,19 @@ def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mlscore", "serve", "--port", "0", *args]
 
 
-def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Server:
-    """Start `mlscore serve` on a free port and wait until it listens (or fail with its log)."""
+def azmlinfsrv_command(*args: str) -> list[str]:
+    """Azure's command on a free port (its default host, 0.0.0.0, is for containers: tests set MLSCORE_HOST)."""
+    return [sys.executable, "-m", "mlscore.server.azmlinfsrv", "--port", "0", *args]
+
+
+def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+                 command: list[str] | None = None) -> Server:
+    """Start `mlscore serve` with `args` (or `command`) on a free port and wait until it listens (or
+    fail with its log)."""
     log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            serve_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            command or serve_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
             env={**os.environ, **(env or {})}, start_new_session=True,
         )
     deadline = time.monotonic() + timeout
