@@ -7,6 +7,7 @@ with the status and the message the client gets.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,9 +19,7 @@ from inference_schema.parameter_types.abstract_parameter_type import AbstractPar
 from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
 from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
 from inference_schema.schema_util import is_schema_decorated
-from starlette.datastructures import Headers
 
-from mlscore.scoring.azureml_compat.aml_request import RAWHTTP_ATTR, AMLRequest
 from mlscore.scoring import json_limits
 from mlscore.scoring.entry_script import EntryScriptError, innermost, run_parameters
 from mlscore.scoring.messages import RawRequest
@@ -28,15 +27,26 @@ from mlscore.scoring.schema_types import input_schemas, undecorated_target
 
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 REQUEST_HEADERS = "request_headers"
+RAWHTTP_ATTR = "_mlscore_rawhttp"  # set on run() by the @rawhttp decorator (azureml_compat/aml_request.py)
+logger = logging.getLogger("mlscore.scoring")
 
 
 class BadInput(Exception):
-    """A request run() cannot be called with; `status` is 400 or 415 and `message` says why."""
+    """A request run() cannot be called with; `status` is 400 or 415 (the client's fault), or 500 when
+    no request can call it, and `message` says why."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class BadRequestBody(BadInput, ValueError):
+    """A raw-HTTP run() asked for the body as JSON (`request.get_json()`, `request.json`) and it is not
+    JSON: a 400 that says so, as if the body had been decoded before run()."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
 
 
 class PlainMode:
@@ -67,16 +77,20 @@ class PlainMode:
 
 
 class RawHttpMode:
-    """A `@rawhttp` run(request): the whole request as an AMLRequest."""
+    """A `@rawhttp` run(request): the whole request as an AMLRequest, werkzeug's Request as Flask hands
+    it to run() on Azure. werkzeug is imported here, for raw-HTTP scripts only (which imported the
+    decorator from aml_request.py, and so werkzeug, already)."""
 
     name = "rawhttp"
 
     def __init__(self, target: Callable[..., Any]) -> None:
+        from mlscore.scoring.azureml_compat.aml_request import AMLRequest
+
         self.target = target
+        self._request = AMLRequest.from_raw
 
     def arguments(self, request: RawRequest) -> Arguments:
-        headers = Headers(raw=request.headers)
-        return (AMLRequest(request.method, request.path, headers, request.query, request.body),), {}
+        return (self._request(request),), {}
 
     def warmup_arguments(self) -> Arguments | None:
         return None
@@ -128,7 +142,26 @@ class SchemaMode:
         return (), kwargs
 
 
-InputMode = PlainMode | RawHttpMode | SchemaMode
+class UncallableMode:
+    """A run() that no request can call: its input_schema names parameters that run() does not take.
+    Azure starts such a script, so we do too: one warning at load, no warm-up (the replica becomes
+    ready), and every request is answered 500 naming the mismatch, before its body is looked at (bad
+    JSON, too, is a 500 pointing at the script rather than a 400 blaming the client)."""
+
+    name = "schema (run() cannot be called)"
+
+    def __init__(self, message: str, target: Callable[..., Any]) -> None:
+        self.message = message
+        self.target = target
+
+    def arguments(self, request: RawRequest) -> Arguments:
+        raise BadInput(500, self.message)
+
+    def warmup_arguments(self) -> Arguments | None:
+        return None
+
+
+InputMode = PlainMode | RawHttpMode | SchemaMode | UncallableMode
 
 
 def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
@@ -147,7 +180,10 @@ def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
         return PlainMode(data_parameters[0].name, wants_headers, run)
     unknown = set(schemas) - {p.name for p in data_parameters}
     if unknown:
-        raise EntryScriptError(path, f"input_schema names {sorted(unknown)}, which run() does not take")
+        message = (f"run() cannot be called: its input_schema names parameter(s) {sorted(unknown)} that run() "
+                   "does not take; fix the entry script")
+        logger.warning("%s: %s. Serving anyway, as Azure does: every request is answered 500.", path, message)
+        return UncallableMode(message, run)
     schema_parameters = []
     for parameter in data_parameters:
         schema = schemas.get(parameter.name)

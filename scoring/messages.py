@@ -20,6 +20,7 @@ class RawRequest:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # names lower-case, as ASGI gives them
     body: bytes = b""
     request_id: bytes = b""  # the id the response carries (x-ms-request-id), for log lines
+    client: str = ""  # the client's host (its address), for a raw-HTTP run()'s request.remote_addr
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a lower-case header name, or None."""

@@ -1,15 +1,19 @@
 """The scoring pipeline: one function from a raw request to a raw response (decode, input mode,
-run(), encode), independent of the server process so that it can run inside a worker."""
+run(), encode), independent of the server process so that it can run inside a worker.
+
+run()'s result becomes the response here: JSON, or a werkzeug (Flask) Response, AMLResponse included,
+as it is. Nothing here imports werkzeug: a script that returns its Response, or raises its
+HTTPException, has imported it, and only then is it looked for (in sys.modules).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from mlscore.scoring.azureml_compat.aml_request import BadRequestBody
-from mlscore.scoring.azureml_compat.aml_response import AMLResponse
 from mlscore.scoring.collect import collected_header
 from mlscore.scoring.encoding import NotEncodable, encode_json
 from mlscore.scoring.entry_script import EntryScript
@@ -42,6 +46,8 @@ class ScoringPipeline:
         self.run = script.run
         self.mode: InputMode = detect_input_mode(script.path, script.run)
         self._call = self.mode.target
+        self._respond: Callable[[Any], RawResponse] = (
+            raw_http_response if isinstance(self.mode, RawHttpMode) else to_response)
 
     def call_init(self) -> None:
         self.script.call_init()
@@ -65,20 +71,24 @@ class ScoringPipeline:
         try:
             args, kwargs = self.mode.arguments(request)
         except BadInput as error:
-            return error_response(error.status, error.message)
+            return error_response(error.status, error.message, run_failed=error.status >= 500)
         started = time.perf_counter()
         try:
             result = self._call(*args, **kwargs)
-        except BadRequestBody as error:
-            return error_response(400, str(error))
-        except BadInput as error:
+        except BadInput as error:  # BadRequestBody: request.get_json() on a body that is not JSON
             return error_response(error.status, error.message)
+        except (NotEncodable, NotHttp) as error:  # from an AMLResponse run() made
+            logger.error("%s", error)
+            return error_response(500, str(error), run_failed=True)
         except Exception as error:
+            aborted = _http_exception_response(error)
+            if aborted is not None:
+                return aborted
             logger.exception("run() raised %s", type(error).__name__)
             return error_response(500, f"{RUN_FAILED_MESSAGE} run() raised {type(error).__name__}.", run_failed=True)
         run_ms = (time.perf_counter() - started) * 1000.0
         try:
-            response = _to_response(result)
+            response = self._respond(result)
         except (NotEncodable, NotHttp) as error:
             logger.error("%s", error)
             return error_response(500, str(error), run_failed=True)
@@ -92,7 +102,7 @@ class ScoringPipeline:
         if arguments is None:
             return False
         args, kwargs = arguments
-        encode_json(self._call(*args, **kwargs))
+        self._respond(self._call(*args, **kwargs))
         return True
 
 
@@ -100,24 +110,149 @@ class NotHttp(ValueError):
     """run() answered with a status or a header that HTTP cannot carry."""
 
 
-def _to_response(result: Any) -> RawResponse:
-    if not isinstance(result, AMLResponse):
-        return RawResponse(200, list(JSON), encode_json(result))
-    if not 200 <= result.status_code <= 599:
-        raise NotHttp(f"run() answered with status {result.status_code}; a response's status must be from 200 to 599.")
+INVALID_HEADER = ("run() answered with a response header that is not valid HTTP (a name with a separator, or a "
+                  "character outside Latin-1, or a value with a line break or another control character).")
+_OMITTED = frozenset({b"content-length", b"x-ms-run-function-failed"})  # the server sets these
+
+
+def to_response(result: Any) -> RawResponse:
+    """run()'s result as a response: a werkzeug Response (an AMLResponse, a Flask Response) as it is,
+    anything else as JSON (a tuple too: a JSON array)."""
+    response_class = _werkzeug_response_class()
+    if response_class is not None and isinstance(result, response_class):
+        return _from_werkzeug(result)
+    return RawResponse(200, list(JSON), encode_json(result))
+
+
+def raw_http_response(result: Any) -> RawResponse:
+    """A raw-HTTP run()'s result: as to_response, and Flask's tuples besides: `(body, status)`,
+    `(body, status, headers)`, `(body, headers)`, where body is a str, bytes, a dict or list (JSON), a
+    generator (streamed) or a Response, status an int and headers a dict or a list of pairs. Another
+    tuple (an int body, a str status) is a JSON array, as from any other run()."""
+    if type(result) is tuple:
+        parts = _flask_tuple(result)
+        if parts is not None:
+            return _from_flask_tuple(*parts)
+    return to_response(result)
+
+
+def message_body(message: Any, json_str: bool = False) -> tuple[bytes | Iterator[Any], bytes]:
+    """The body and content type a response message makes: bytes as they are, a str as UTF-8 text (as
+    JSON, quoted, with `json_str`), an iterator as it is (streamed: each chunk is encoded as it is sent),
+    None as `{}`, anything else as JSON."""
+    if isinstance(message, (bytes, bytearray, memoryview)) and not json_str:
+        return bytes(message), b"application/octet-stream"
+    if isinstance(message, str) and not json_str:
+        return message.encode("utf-8"), TEXT[1]
+    if isinstance(message, Iterator):
+        return message, TEXT[1]
+    return encode_json({} if message is None else message), JSON[0][1]
+
+
+def _werkzeug_response_class() -> type | None:
+    """werkzeug's Response once some script imported it; until then, run() cannot have made one."""
+    module = sys.modules.get("werkzeug.wrappers.response")
+    return None if module is None else module.Response
+
+
+def _from_werkzeug(response: Any) -> RawResponse:
+    """A werkzeug Response: its status, its headers (repeated ones too) and its body, streamed when
+    it is an iterable of unknown length (a generator)."""
+    status = response.status_code
+    _check_status(status)
+    failed = status >= 500
+    headers = []
+    for name, value in _encoded_headers(response.headers.items()):
+        if name not in _OMITTED:
+            headers.append((name, value))
+        elif name == b"x-ms-run-function-failed":  # AMLResponse(..., run_function_failed=True)
+            failed = failed or value.lower() == b"true"
+    body = _chunks(response.response) if response.is_streamed else response.get_data()
+    return RawResponse(status, headers, body, run_failed=failed)
+
+
+def _flask_tuple(result: tuple[Any, ...]) -> tuple[Any, int | None, Any] | None:
+    """(body, status, headers) of a Flask-style tuple, or None when the tuple is not one."""
+    if len(result) == 3:
+        body, status, headers = result
+    elif len(result) == 2 and _is_headers(result[1]):
+        (body, headers), status = result, None
+    elif len(result) == 2:
+        (body, status), headers = result, None
+    else:
+        return None
+    if status is not None and (type(status) is not int):
+        return None
+    if headers is not None and not _is_headers(headers):
+        return None
+    response_class = _werkzeug_response_class()
+    if not (isinstance(body, (str, bytes, bytearray, dict, list, Iterator))
+            or (response_class is not None and isinstance(body, response_class))):
+        return None
+    return body, status, headers
+
+
+def _is_headers(value: Any) -> bool:
+    return isinstance(value, list) or callable(getattr(value, "items", None))
+
+
+def _from_flask_tuple(body: Any, status: int | None, headers: Any) -> RawResponse:
+    """A Flask-style tuple's response; its headers replace those of the same name that body brings."""
+    response_class = _werkzeug_response_class()
+    if response_class is not None and isinstance(body, response_class):
+        response = _from_werkzeug(body)
+    else:
+        content, content_type = message_body(body)
+        response = RawResponse(200, [(b"content-type", content_type)],
+                               content if isinstance(content, bytes) else _chunks(content))
+    if status is not None:
+        _check_status(status)
+        response.status = status
+        response.run_failed = response.run_failed or status >= 500
+    if headers:
+        given = _encoded_headers(headers if isinstance(headers, list) else headers.items())
+        names = {name for name, _ in given}
+        response.headers = [item for item in response.headers if item[0] not in names]
+        response.headers.extend(item for item in given if item[0] not in _OMITTED)
+    return response
+
+
+def _check_status(status: int) -> None:
+    if not 200 <= status <= 599:
+        raise NotHttp(f"run() answered with status {status}; a response's status must be from 200 to 599.")
+
+
+def _encoded_headers(items: Iterable[Any]) -> list[tuple[bytes, bytes]]:
+    """Header (name, value) pairs as lower-case bytes, refused (NotHttp) unless HTTP can carry them."""
+    items = list(items)
     try:
-        headers = [(name.lower().encode("latin-1"), str(value).encode("latin-1"))
-                   for name, value in result.headers.items()]
-    except UnicodeEncodeError:
+        headers = [(str(name).lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in items]
+    except (UnicodeEncodeError, ValueError, TypeError):
         headers = None
     if headers is None or not _valid_headers(headers):
-        logger.error("run()'s response headers: %r", result.headers)
-        raise NotHttp("run() answered with a response header that is not valid HTTP (a name with a separator, or a "
-                      "character outside Latin-1, or a value with a line break or another control character).")
-    body, content_type = _aml_body(result)
-    if content_type is not None and not any(name == b"content-type" for name, _ in headers):
-        headers.append(content_type)
-    return RawResponse(result.status_code, headers, body, run_failed=result.status_code >= 500)
+        logger.error("run()'s response headers: %r", items)
+        raise NotHttp(INVALID_HEADER)
+    return headers
+
+
+def _http_exception_response(error: Exception) -> RawResponse | None:
+    """A werkzeug HTTPException run() raised (`abort(404)`, or get_json()'s 415) as its status and
+    `{"message": description}`; None for any other exception, or one that carries no usable status."""
+    module = sys.modules.get("werkzeug.exceptions")
+    if module is None or not isinstance(error, module.HTTPException):
+        return None
+    try:
+        if error.response is not None:  # abort(response)
+            return to_response(error.response)
+        if error.code is None:
+            return None
+        _check_status(error.code)
+        headers = [item for item in _encoded_headers(error.get_headers()) if item[0] != b"content-type"]
+    except (NotHttp, NotEncodable):
+        return None
+    message = error.description or error.name
+    return RawResponse(error.code, [*JSON, *headers], encode_json({"message": message}),
+                       run_failed=error.code >= 500)
 
 
 def _valid_headers(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -130,17 +265,6 @@ def _valid_headers(headers: list[tuple[bytes, bytes]]) -> bool:
 
 _BAD_NAME = re.compile(rb'[\x00-\x20\x7f()<>@,;:\\"/\[\]?={}]')  # RFC 9110: not a token character
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def _aml_body(result: AMLResponse) -> tuple[bytes | Iterator[bytes], tuple[bytes, bytes] | None]:
-    message = result.message
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return bytes(message), (b"content-type", b"application/octet-stream")
-    if isinstance(message, str) and not result.json_str:
-        return message.encode("utf-8"), TEXT
-    if isinstance(message, Iterator):  # generators stream
-        return _chunks(message), None
-    return encode_json({} if message is None else message), JSON[0]
 
 
 def _chunks(message: Iterable[Any]) -> Iterator[bytes]:

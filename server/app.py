@@ -191,8 +191,9 @@ class ScoreFirst:
             checked = routes.check(request.method, request.path, request.headers, picked)
             if isinstance(checked, tuple):
                 headers, ids = checked
+                client = request.client
                 begun = routes.begin(request.loop, request.method, request.path, request.query, headers,
-                                     request.body, picked, ids)
+                                     request.body, picked, ids, client[0] if client else "")
                 if isinstance(begun, Ticket):
                     if begun.waiting:
                         request.on_disconnect = functools.partial(routes.client_left, begun)

@@ -161,8 +161,9 @@ class Routes:
                               [*ids, CONNECTION_CLOSE])
         except ClientDisconnect:
             return json_error(400, "The client disconnected before sending the whole body.", ids)
+        client = scope.get("client")
         begun = self.begin(asyncio.get_running_loop(), scope["method"], scope["path"], scope["query_string"], headers,
-                           body, picked, ids)
+                           body, picked, ids, client[0] if client else "")
         if isinstance(begun, Response):
             return begun
         if begun.waiting:
@@ -191,9 +192,10 @@ class Routes:
 
     def begin(self, loop: asyncio.AbstractEventLoop, method: str, path: str, query: bytes,
               headers: list[tuple[bytes, bytes]], body: bytes, picked: dict[bytes, bytes],
-              ids: list[tuple[bytes, bytes]]) -> Ticket | Response:
-        """A checked request with its whole body: refused at once (not ready, a bad deadline header, a
-        full queue), or its ticket, which holds a slot and is scoring, or is queued.
+              ids: list[tuple[bytes, bytes]], client: str = "") -> Ticket | Response:
+        """A checked request with its whole body (`client`: the client's host): refused at once (not
+        ready, a bad deadline header, a full queue), or its ticket, which holds a slot and is scoring,
+        or is queued.
         Either way the ticket's answer completes by itself, on time; `finish` turns it into HTTP. A
         ticket still `waiting` is taken out of the queue by `client_left` if its client goes."""
         executor = self.state.executor
@@ -204,7 +206,7 @@ class Routes:
             budget = self._budget(picked.get(b"x-ms-request-timeout-ms"))
         except ValueError as error:
             return json_error(400, str(error), ids)
-        raw = RawRequest(method, path, query, headers, body, request_id_of(ids))
+        raw = RawRequest(method, path, query, headers, body, request_id_of(ids), client)
         ticket = Ticket(raw, loop.time(), budget, loop.create_future())
         admission = self.state.admission
         slot = admission.try_acquire(ticket)

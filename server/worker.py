@@ -4,7 +4,7 @@ Frames are a fixed binary header, then NUL-separated text fields, then the raw b
 response bodies cross as they are, never pickled or re-encoded.
 
     request   !BIdIII  kind, sequence number, start-by time (wall clock; 0: none), line, headers and
-                       body lengths | method\\0request id\\0path\\0query | headers | body
+                       body lengths | method\\0request id\\0client\\0path\\0query | headers | body
     cancel    the same header with kind CANCEL and the sequence number of a request not to run
     response  !HdBII   status, run ms (NaN: none), flags, headers and body lengths | headers | body
 
@@ -54,7 +54,7 @@ def unpack_headers(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def request_frame(request: RawRequest, sequence: int, start_by: float = 0.0) -> bytes:
     """`start_by` is wall-clock (time.time()): a request the worker reaches later is skipped."""
-    line = b"\0".join((request.method.encode(), request.request_id,
+    line = b"\0".join((request.method.encode(), request.request_id, request.client.encode(),
                         request.path.encode("utf-8", "surrogateescape"), request.query))
     headers = pack_headers(request.headers)
     return (REQUEST.pack(RUN, sequence, start_by, len(line), len(headers), len(request.body))
@@ -181,12 +181,14 @@ class RequestReader:
                 self.cancelled.add(sequence)
             else:
                 at = offset + REQUEST.size
-                method, request_id, path, query = bytes(data[at:at + line_length]).split(b"\0", 3)
+                method, request_id, client, target = bytes(data[at:at + line_length]).split(b"\0", 3)
+                path, _, query = target.rpartition(b"\0")  # a decoded path may hold a NUL (%00); a query never does
                 at += line_length
                 headers = unpack_headers(bytes(data[at:at + headers_length]))
                 body = bytes(data[at + headers_length:end])
                 self.pending.append((sequence, start_by, RawRequest(
-                    method.decode(), path.decode("utf-8", "surrogateescape"), query, headers, body, request_id)))
+                    method.decode(), path.decode("utf-8", "surrogateescape"), query, headers, body, request_id,
+                    client.decode())))
             offset = end
         del data[:offset]
 
