@@ -48,8 +48,22 @@ _ERROR_RESPONSE: Schema = {
     "required": ["message"],
     "properties": {"message": {"type": "string"}},
 }
-_V2_BEARER = {"type": "apiKey", "name": "Authorization", "in": "header", "description": "Bearer <key>"}
-_V3_BEARER = {"type": "http", "scheme": "bearer", "description": "The service key."}
+# Azure's names, which clients generated from Azure's documents (Power BI among them) bind to:
+# the operation ids, the body parameter, the `Bearer` apiKey scheme on the Authorization header
+# (the same in 2 and 3, so both kinds of client send the same header) and the `default` answer.
+_SECURITY_SCHEME = {
+    "type": "apiKey",
+    "name": "Authorization",
+    "in": "header",
+    "description": "For example: Bearer abc123",
+}
+_KEY_REQUIRED = [{"Bearer": []}]
+_NO_KEY: list[Schema] = []
+_BODY_NAME = "serviceInputPayload"
+_BODY_DESCRIPTION = "The input payload for executing the real-time machine learning service."
+_DEFAULT_ERROR = "The service failed to execute due to an error."
+_NOT_READY = "Not ready yet (init() or the warm-up has not finished): retry after the Retry-After delay."
+_SCORED = "The service processed the input correctly and provided a result prediction, if applicable."
 
 
 class UnsupportedSwaggerVersion(Exception):
@@ -287,28 +301,31 @@ def _document(
         "ServiceOutput": service_output,
         "ErrorResponse": _ERROR_RESPONSE,
     }
-    # No `schemes` (v2) and no `servers` (v3): tools then call the host the document came from.
     paths = _paths(version == "2", prefix, service_input if decorated else None)
     if version == "2":
         return {
             "swagger": "2.0",
             "info": info,
+            "schemes": ["https"],  # Azure's choice: a client generated from the document calls https
             "consumes": ["application/json"],
             "produces": ["application/json"],
-            "securityDefinitions": {"Bearer": _V2_BEARER},
+            "securityDefinitions": {"Bearer": _SECURITY_SCHEME},
             "paths": paths,
             "definitions": schemas,
         }
+    # Like Azure's, no `servers`: tools then call the host the document came from.
     return {
         "openapi": _OPENAPI[version],
         "info": info,
+        "security": _KEY_REQUIRED,
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"Bearer": _V3_BEARER}},
+        "components": {"schemas": schemas, "securitySchemes": {"Bearer": _SECURITY_SCHEME}},
     }
 
 
 def _paths(v2: bool, prefix: str, query_input: Schema | None) -> Schema:
-    """The three routes; `query_input` is the decorated input that GET /score takes as query."""
+    """The three routes under Azure's operation ids; `query_input` is the decorated input that
+    GET /score takes as query."""
 
     def ref(name: str) -> Schema:
         return {"$ref": ("#/definitions/" if v2 else "#/components/schemas/") + name}
@@ -318,49 +335,58 @@ def _paths(v2: bool, prefix: str, query_input: Schema | None) -> Schema:
             return {"description": description, "schema": schema}
         return {"description": description, "content": {media_type: {"schema": schema}}}
 
-    def scoring(operation_id: str, summary: str, error_codes: tuple[str, ...]) -> Schema:
-        responses = {"200": response("What run() returned.", ref("ServiceOutput"))}
-        responses.update({code: response(_ERRORS[code], ref("ErrorResponse")) for code in error_codes})
+    def responses(ok: Schema, errors: dict[str, str]) -> Schema:
+        # Our statuses are listed as they are; `default` is Azure's catch-all, which clients expect.
+        answers = {"200": ok} | {code: response(text, ref("ErrorResponse")) for code, text in errors.items()}
+        return answers | {"default": response(_DEFAULT_ERROR, ref("ErrorResponse"))}
+
+    def scoring(operation_id: str, description: str, error_codes: tuple[str, ...]) -> Schema:
+        ok = response(_SCORED, ref("ServiceOutput"))
         return {
             "operationId": operation_id,
-            "summary": summary,
-            "security": [{"Bearer": []}],
-            "responses": responses,
+            "description": description,
+            "security": _KEY_REQUIRED,
+            "responses": responses(ok, {code: _ERRORS[code] for code in error_codes}),
         }
 
-    liveness = {
-        "operationId": "Liveness",
-        "summary": "Liveness: answers while the server is up.",
-        "responses": {"200": response("Up.", {"type": "string", "example": "Healthy"}, "text/plain")},
+    health_check = {
+        "operationId": "ServiceHealthCheck",
+        "description": "Simple health check endpoint to ensure the service is up at any given point.",
+        "security": _NO_KEY,
+        "responses": responses(response(
+            "If service is up and running, this response will be returned with the content 'Healthy'",
+            {"type": "string", "example": "Healthy"}, "text/plain"), {"503": _NOT_READY}),
     }
-    post = scoring("ScorePost", "Score the JSON body.", _POST_ERRORS)
+    post = scoring("RunMLService", "Run web service's model and get the prediction output", _POST_ERRORS)
     if v2:
-        liveness["produces"] = ["text/plain"]
-        post["parameters"] = [{"name": "body", "in": "body", "required": True, "schema": ref("ServiceInput")}]
+        health_check["produces"] = ["text/plain", "application/json"]  # Healthy, or the error's JSON
+        post["parameters"] = [{"name": _BODY_NAME, "in": "body", "description": _BODY_DESCRIPTION,
+                               "required": True, "schema": ref("ServiceInput")}]
     else:
         body = {"application/json": {"schema": ref("ServiceInput")}}
-        post["requestBody"] = {"required": True, "content": body}
+        post["requestBody"] = {"description": _BODY_DESCRIPTION, "required": True, "content": body}
     score = {"post": post}
     if query_input is not None:
+        # Azure documents no GET /score: ours has an id of its own, next to RunMLService.
         required = set(query_input.get("required", []))
-        score["get"] = scoring("ScoreGet", "Score parameters sent as JSON query values.", _GET_ERRORS)
+        score["get"] = scoring("RunMLServiceGet", "Run web service's model on parameters sent as JSON query "
+                               "values and get the prediction output", _GET_ERRORS)
         score["get"]["parameters"] = [
             _query_parameter(v2, name, schema, name in required)
             for name, schema in query_input.get("properties", {}).items()
         ]
-    version_parameter = {"name": "version", "in": "query", "description": "2 (default), 3 or 3.1"}
+    version_parameter = {"name": "version", "in": "query", "required": False, "description": "2 (default), 3 or 3.1"}
     version_parameter |= {"type": "string"} if v2 else {"schema": {"type": "string"}}
     swagger = {
-        "operationId": "Swagger",
-        "summary": "This document, in the version asked for.",
+        "operationId": "GetSwaggerSpec",
+        "description": "Get the Swagger specification.",
+        "security": _NO_KEY,
         "parameters": [version_parameter],
-        "responses": {
-            "200": response("The document.", {"type": "object"}),
-            "404": response("Unknown version, or one this script cannot express.", ref("ErrorResponse")),
-        },
+        "responses": responses(response("The Swagger specification.", {"type": "object"}),
+                               {"404": "Unknown version, or one this script cannot express."}),
     }
     return {
-        f"{prefix}/": {"get": liveness},
+        f"{prefix}/": {"get": health_check},
         f"{prefix}/score": score,
         f"{prefix}/swagger.json": {"get": swagger},
     }

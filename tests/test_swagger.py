@@ -179,10 +179,11 @@ def test_numpy_nested_in_a_dict_keeps_inner_dimension_bounds() -> None:
 
 
 def test_output_sample_keeps_inner_dimension_bounds() -> None:
-    output = schemas(document(run_nested))["ServiceOutput"]
-    assert "minItems" not in output
-    assert output["items"]["minItems"] == output["items"]["maxItems"] == 2
-    assert output["items"]["items"]["minItems"] == output["items"]["items"]["maxItems"] == 4
+    for version in ("2", "3", "3.1"):
+        output = schemas(document(run_nested, version))["ServiceOutput"]
+        assert "minItems" not in output
+        assert output["items"]["minItems"] == output["items"]["maxItems"] == 2
+        assert output["items"]["items"]["minItems"] == output["items"]["items"]["maxItems"] == 4
 
 
 def test_pandas_records_sample_requires_its_columns() -> None:
@@ -235,26 +236,106 @@ def test_undecorated_script_accepts_any_body_in_every_version() -> None:
     assert build(None).supported == ["2", "3", "3.1"]
 
 
-def test_template_carries_service_name_version_prefix_and_security() -> None:
+def test_template_carries_service_name_version_and_prefix() -> None:
     v2 = document(run_numpy, "2", service_name="house-prices", service_version="7", path_prefix="/api/")
     assert v2["info"]["title"] == "house-prices" and v2["info"]["version"] == "7"
     assert sorted(v2["paths"]) == ["/api/", "/api/score", "/api/swagger.json"]
-    assert v2["securityDefinitions"]["Bearer"] == {
-        "type": "apiKey",
-        "name": "Authorization",
-        "in": "header",
-        "description": "Bearer <key>",
-    }
-    assert "schemes" not in v2
     post = v2["paths"]["/api/score"]["post"]
     assert post["responses"]["200"]["schema"] == {"$ref": "#/definitions/ServiceOutput"}
     for code in ("400", "415", "500", "503", "504"):
         assert post["responses"][code]["schema"] == {"$ref": "#/definitions/ErrorResponse"}
     assert v2["definitions"]["ErrorResponse"]["required"] == ["message"]
-    v3 = document(run_numpy, "3")
-    assert "Bearer" in v3["components"]["securitySchemes"] and "servers" not in v3
-    body = v3["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": "#/components/schemas/ServiceInput"}
+    body = document(run_numpy, "3")["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/ServiceInput"}
+
+
+def operation_ids(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {(path, method): operation["operationId"] for path, item in doc["paths"].items()
+            for method, operation in item.items()}
+
+
+@pytest.mark.parametrize("version", ["2", "3", "3.1"])
+def test_operations_carry_azures_operation_ids(version: str) -> None:
+    assert operation_ids(document(run_numpy, version, path_prefix="api")) == {
+        ("/api/", "get"): "ServiceHealthCheck",
+        ("/api/score", "post"): "RunMLService",
+        ("/api/score", "get"): "RunMLServiceGet",  # Azure documents no GET /score: an id of our own
+        ("/api/swagger.json", "get"): "GetSwaggerSpec",
+    }
+
+
+def test_score_body_is_azures_service_input_payload() -> None:
+    description = "The input payload for executing the real-time machine learning service."
+    v2_post = document(run_numpy, "2")["paths"]["/score"]["post"]
+    assert v2_post["parameters"] == [{
+        "name": "serviceInputPayload", "in": "body", "description": description, "required": True,
+        "schema": {"$ref": "#/definitions/ServiceInput"},
+    }]
+    for version in ("3", "3.1"):
+        body = document(run_numpy, version)["paths"]["/score"]["post"]["requestBody"]
+        assert body["description"] == description and body["required"] is True
+
+
+@pytest.mark.parametrize("run", SCRIPTS, ids=lambda run: getattr(run, "__name__", "none"))
+def test_every_operation_has_a_default_error_response_beside_ours(run: Callable[..., Any] | None) -> None:
+    documents = build(run)
+    for version in documents.supported:
+        doc = orjson.loads(documents.get(version))
+        for path, item in doc["paths"].items():
+            for method, operation in item.items():
+                default = operation["responses"]["default"]
+                assert default["description"] == "The service failed to execute due to an error."
+                schema = default["schema"] if version == "2" else default["content"]["application/json"]["schema"]
+                assert schema["$ref"].endswith("/ErrorResponse"), (version, path, method)
+    post = document(run_numpy, "3")["paths"]["/score"]["post"]["responses"]
+    assert {"400", "401", "413", "415", "431", "500", "503", "504", "default"} <= set(post)
+
+
+def test_swagger_2_names_https_and_openapi_3_names_no_servers() -> None:
+    assert document(run_numpy, "2")["schemes"] == ["https"]
+    assert "servers" not in document(run_numpy, "3") and "servers" not in document(run_numpy, "3.1")
+
+
+AZURE_SECURITY_SCHEME = {
+    "type": "apiKey",
+    "name": "Authorization",
+    "in": "header",
+    "description": "For example: Bearer abc123",
+}
+
+
+@pytest.mark.parametrize("version", ["2", "3", "3.1"])
+def test_security_scheme_is_azures_bearer_api_key_on_the_authorization_header(version: str) -> None:
+    doc = document(run_numpy, version)
+    schemes = doc["securityDefinitions"] if version == "2" else doc["components"]["securitySchemes"]
+    assert schemes == {"Bearer": AZURE_SECURITY_SCHEME}
+    paths = doc["paths"]
+    assert paths["/score"]["post"]["security"] == paths["/score"]["get"]["security"] == [{"Bearer": []}]
+    # The routes the server leaves open say so, also where OpenAPI 3 asks for the key everywhere as Azure's does.
+    assert paths["/"]["get"]["security"] == paths["/swagger.json"]["get"]["security"] == []
+    if version != "2":
+        assert doc["security"] == [{"Bearer": []}]
+
+
+def test_onnx_signature_documents_use_the_same_names() -> None:
+    signature = {"type": "object", "properties": {"x": {"type": "array", "items": {"type": "number"}}}}
+    documents = SwaggerDocuments.from_schemas(signature, signature, app_root=None)
+    for version in ("2", "3", "3.1"):
+        doc = orjson.loads(documents.get(version))
+        validate(doc, cls=VALIDATORS[version])
+        assert operation_ids(doc) == {
+            ("/", "get"): "ServiceHealthCheck",
+            ("/score", "post"): "RunMLService",
+            ("/swagger.json", "get"): "GetSwaggerSpec",
+        }
+    assert orjson.loads(documents.get("2"))["paths"]["/score"]["post"]["parameters"][0]["name"] == "serviceInputPayload"
+
+
+def test_numpy_float_output_stays_nullable_in_every_dialect() -> None:
+    # JSON has no NaN: such a result is sent as null, which every version of the document allows.
+    assert schemas(document(run_numpy, "2"))["ServiceOutput"]["items"]["x-nullable"] is True
+    assert schemas(document(run_numpy, "3"))["ServiceOutput"]["items"]["nullable"] is True
+    assert schemas(document(run_numpy, "3.1"))["ServiceOutput"]["items"]["type"] == ["number", "null"]
 
 
 def test_openapi_31_replaces_nullable_with_a_null_type() -> None:
@@ -304,3 +385,65 @@ def test_broken_user_file_fails_the_build_naming_the_file(tmp_path: Path) -> Non
     (tmp_path / "swagger3.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="swagger3.json"):
         build(run_numpy, tmp_path)
+
+
+class GeneratedClient:
+    """What a client generator makes of a served document, and nothing more: operations found by
+    operationId, arguments placed by parameter name, the key sent as the security scheme says."""
+
+    def __init__(self, http: Any, document: dict[str, Any], key: str) -> None:
+        self.http, self.document, self.key = http, document, key
+        self.v2 = "swagger" in document
+
+    def call(self, operation_id: str, **arguments: Any) -> Any:
+        path, method, operation = next(
+            (path, method, operation) for path, item in self.document["paths"].items()
+            for method, operation in item.items() if operation["operationId"] == operation_id
+        )
+        scheme = self.document["schemes"][0] if self.v2 else "http"
+        request: dict[str, Any] = {"headers": self._credentials(operation), "params": {}}
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] not in arguments:
+                continue
+            value = arguments.pop(parameter["name"])
+            if parameter["in"] == "body":
+                request["json"] = value
+            else:
+                assert parameter["in"] == "query"
+                request["params"][parameter["name"]] = value
+        if not self.v2 and "requestBody" in operation:
+            assert list(operation["requestBody"]["content"]) == ["application/json"]
+            request["json"] = arguments.pop("body")
+        assert not arguments, f"{operation_id} has no parameters {sorted(arguments)}"
+        return self.http.request(method.upper(), f"{scheme}://testserver{path}", **request)
+
+    def _credentials(self, operation: dict[str, Any]) -> dict[str, str]:
+        schemes = self.document["securityDefinitions"] if self.v2 else self.document["components"]["securitySchemes"]
+        headers = {}
+        for requirement in operation.get("security", self.document.get("security", [])):
+            for name in requirement:
+                scheme = schemes[name]
+                assert (scheme["type"], scheme["in"]) == ("apiKey", "header")
+                # Azure's clients take the value's form from the example: "For example: Bearer abc123".
+                example = scheme["description"].removeprefix("For example: ")
+                headers[scheme["name"]] = example.replace("abc123", self.key)
+        return headers
+
+
+@pytest.mark.parametrize("version", ["2", "3", "3.1"])
+def test_client_generated_from_the_document_scores_with_the_key(client_for, version: str) -> None:
+    key = "k" * 32
+    http = client_for("contract.py", auth_key=[key])
+    served = http.get("/swagger.json", params={"version": version}).json()
+    client = GeneratedClient(http, served, key)
+    payload = {"data": [[1.0, 2.0, 3.0]]}
+    if version == "2":
+        response = client.call("RunMLService", serviceInputPayload=payload)
+    else:
+        response = client.call("RunMLService", body=payload)
+    assert response.status_code == 200, response.text
+    assert response.json() == [6.0]
+    assert client.call("ServiceHealthCheck").text == "Healthy"
+    assert client.call("GetSwaggerSpec", version=version).json() == served
+    assert GeneratedClient(http, served, "wrong").call("RunMLService", **(
+        {"serviceInputPayload": payload} if version == "2" else {"body": payload})).status_code == 401
