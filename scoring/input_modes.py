@@ -7,7 +7,6 @@ with the status and the message the client gets.
 from __future__ import annotations
 
 import inspect
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +27,6 @@ from mlscore.scoring.schema_types import input_schemas, undecorated_target
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 REQUEST_HEADERS = "request_headers"
 RAWHTTP_ATTR = "_mlscore_rawhttp"  # set on run() by the @rawhttp decorator (azureml_compat/aml_request.py)
-logger = logging.getLogger("mlscore.scoring")
 
 
 class BadInput(Exception):
@@ -144,7 +142,7 @@ class SchemaMode:
 
 class UncallableMode:
     """A run() that no request can call: its input_schema names parameters that run() does not take.
-    Azure starts such a script, so we do too: one warning at load, no warm-up (the replica becomes
+    Azure starts such a script, so we do too: one warning at start, no warm-up (the replica becomes
     ready), and every request is answered 500 naming the mismatch, before its body is looked at (bad
     JSON, too, is a 500 pointing at the script rather than a 400 blaming the client)."""
 
@@ -182,8 +180,7 @@ def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
     if unknown:
         message = (f"run() cannot be called: its input_schema names parameter(s) {sorted(unknown)} that run() "
                    "does not take; fix the entry script")
-        logger.warning("%s: %s. Serving anyway, as Azure does: every request is answered 500.", path, message)
-        return UncallableMode(message, run)
+        return UncallableMode(message, run)  # the server warns of it once, at start (runner.prepare_state)
     schema_parameters = []
     for parameter in data_parameters:
         schema = schemas.get(parameter.name)

@@ -23,6 +23,7 @@ from mlscore.scoring.model_path import MODEL_DIR_ENV
 from mlscore.accelerators import DEVICE_ENV, OPENCL_BINARY_ENV, OPENCL_DEVICE_ENV
 from mlscore.accelerators.onnx_runtime import CPU_THREADS_ENV, default_threads
 from mlscore.scoring.onnx_model import OnnxPipeline, signature_schema
+from mlscore.scoring.input_modes import UncallableMode
 from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
@@ -139,6 +140,9 @@ def prepare_state(settings: Settings) -> tuple[ServerState, Pipeline]:
     export_device_settings(settings)
     collector = open_collector(settings)  # before the script: a folder that cannot be written fails at once
     pipeline = load_script(settings)
+    if isinstance(pipeline, ScoringPipeline) and isinstance(pipeline.mode, UncallableMode):
+        logger.warning("entry script %s: %s. Serving it anyway, as Azure does: every request is answered 500.",
+                       pipeline.script.path, pipeline.mode.message)
     try:
         swagger = build_swagger(settings, pipeline)
     except ValueError as error:  # a user-supplied swagger file that is not JSON

@@ -5,6 +5,7 @@ platform probes, and called the way clients generated from Azure's Swagger call.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import re
@@ -237,3 +238,93 @@ def test_azmlinfsrv_accepts_an_app_insights_key_and_says_where_logs_go_instead(t
         assert "00000000-0000-0000-0000-000000000000" not in log  # a key is never logged
     finally:
         server.stop()
+
+
+# --- 1, 2. Azure's current imports and a Flask request for @rawhttp scripts --------------------------
+
+IMAGE = bytes(range(256)) * 40 + b"\x89PNG\r\n\x1a\n\x00"  # binary, with every byte value
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_rawhttp_script_on_azures_current_imports_takes_a_multipart_image_upload(tmp_path, command):
+    server = launch(tmp_path, command, SCRIPTS / "azure_rawhttp_image.py", workers=2)
+    try:
+        uploaded = httpx.post(server.url + "/score", files={"image": ("cat.png", IMAGE, "image/png")},
+                              data={"caption": "a cat"}, timeout=30)
+        assert uploaded.status_code == 200, uploaded.text
+        assert uploaded.json() == {"filename": "cat.png", "content_type": "image/png", "size": len(IMAGE),
+                                   "sha256": hashlib.sha256(IMAGE).hexdigest(), "caption": "a cat"}
+        missing = httpx.post(server.url + "/score", data={"caption": "no image"}, timeout=30)
+        assert missing.status_code == 400 and "image" in missing.json()["error"]
+        echoed = httpx.get(server.url + "/score?size=small&size=large", timeout=30)
+        assert echoed.status_code == 200 and echoed.text == "/score?size=small&size=large"
+        assert "This is run()" in server.wait_log("This is run()")  # print() reaches the log
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_rawhttp_request_behaves_like_flasks(tmp_path, command):
+    server = launch(tmp_path, command, SCRIPTS / "azure_rawhttp_request.py")
+    try:
+        seen = httpx.post(server.url + "/score?tag=a&tag=b", content=b'{"rows": [1, 2]}',
+                          headers={"Content-Type": "application/json", "X-Custom": "yes"}, timeout=30).json()
+        assert seen["remote_addr"] == "127.0.0.1"
+        assert seen["full_path"] == "/score?tag=a&tag=b" and seen["url"].endswith("/score?tag=a&tag=b")
+        assert ["X-Custom", "yes"] in seen["headers"]  # `for name, value in request.headers`
+        assert seen["json_forced"] == {"rows": [1, 2]} and seen["mimetype"] == "application/json"
+        assert seen["args"]["tag"] == ["a", "b"]  # request.args.getlist
+        assert seen["same_class"]  # both import paths give the one AMLRequest
+        bad = httpx.post(server.url + "/score?strict=1", content=b"{oops", headers={"Content-Type": "application/json"},
+                         timeout=30)
+        assert bad.status_code == 400 and "could not be decoded as JSON" in bad.json()["message"]
+    finally:
+        assert server.stop() == 0
+
+
+# --- 7. Swagger clients generated from Azure's documents ---------------------------------------------
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_client_bound_to_azures_operation_ids_scores_with_a_key(tmp_path, command):
+    key = "k" * 32
+    extra = () if command == "azmlinfsrv" else ("--auth-key", key)
+    server = launch(tmp_path, command, EXAMPLES / "diabetes" / "score.py", model_dir=EXAMPLES / "diabetes" / "models",
+                    extra=extra, env={"MLSCORE_AUTH_KEYS": key} if command == "azmlinfsrv" else {})
+    try:
+        document = httpx.get(server.url + "/swagger.json", timeout=30).json()  # version 2, as Power BI reads it
+        operations = {operation["operationId"]: (path, method, operation)
+                      for path, methods in document["paths"].items() for method, operation in methods.items()}
+        path, method, operation = operations["RunMLService"]
+        body_parameter = next(p for p in operation["parameters"] if p["in"] == "body")
+        assert body_parameter["name"] == "serviceInputPayload"
+        scheme = document["securityDefinitions"][operation["security"][0].popitem()[0]]
+        assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "Authorization")
+        example = document["definitions"]["ServiceInput"]["example"]
+        answer = httpx.request(method.upper(), server.url + path, json=example,
+                               headers={scheme["name"]: f"Bearer {key}"}, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()) == 1
+        refused = httpx.request(method.upper(), server.url + path, json=example, timeout=30)
+        assert refused.status_code == 401
+        health_path, _, _ = operations["ServiceHealthCheck"]
+        assert httpx.get(server.url + health_path, timeout=30).text == "Healthy"
+        swagger_path, _, _ = operations["GetSwaggerSpec"]
+        assert httpx.get(server.url + swagger_path, params={"version": "3"}, timeout=30).json()["openapi"] == "3.0.3"
+    finally:
+        assert server.stop() == 0
+
+
+# --- 8. scripts Azure starts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_schema_naming_a_parameter_run_lacks_starts_warns_once_and_answers_500_naming_it(tmp_path, command):
+    server = launch(tmp_path, command, SCRIPTS / "azure_schema_mismatch.py", workers=2)
+    try:
+        assert httpx.get(server.url + "/").status_code == 200
+        answer = httpx.post(server.url + "/score", json={"x": [[1.0, 2.0]]}, timeout=30)
+        assert answer.status_code == 500 and answer.headers["x-ms-run-function-failed"] == "True"
+        assert "input_schema names parameter(s) ['x'] that run() does not take" in answer.json()["message"]
+        assert server.log().count("does not take") == 1
+    finally:
+        assert server.stop() == 0

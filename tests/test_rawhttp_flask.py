@@ -337,7 +337,7 @@ class _Records(logging.Handler):
 
 def test_schema_naming_a_parameter_run_lacks_starts_warns_once_and_answers_500(client_for):
     records = _Records()
-    logger = logging.getLogger("mlscore.scoring")
+    logger = logging.getLogger("mlscore")
     logger.addHandler(records)
     try:
         client = client_for("azure_schema_mismatch.py")
