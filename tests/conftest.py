@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -10,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -77,6 +78,22 @@ def azmlinfsrv_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mlscore.server.azmlinfsrv", "--port", "0", *args]
 
 
+def dies_with_tests() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel SIGKILL the process when the test process dies, however that
+    ends (a crash, SIGKILL): servers never outlive a test run. Linux only (prctl PR_SET_PDEATHSIG);
+    elsewhere None."""
+    if sys.platform != "linux":
+        return None
+    parent, prctl = os.getpid(), ctypes.CDLL(None).prctl  # looked up before the fork, not in the child
+
+    def set_parent_death_signal() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the test process died before the signal was armed
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
 def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
                  command: list[str] | None = None) -> Server:
     """Start `mlscore serve` with `args` (or `command`) on a free port and wait until it listens (or
@@ -85,7 +102,7 @@ def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, 
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command or serve_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            env={**os.environ, **(env or {})}, start_new_session=True, preexec_fn=dies_with_tests(),
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,7 +123,7 @@ def run_server_to_exit(tmp_path: Path, *args: str, env: dict[str, str] | None = 
     """Run `mlscore serve` expecting it to exit by itself (a start-up failure)."""
     return subprocess.run(
         serve_command(*args), capture_output=True, text=True, cwd=tmp_path, timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})}, preexec_fn=dies_with_tests(),
     )
 
 
