@@ -144,6 +144,19 @@ void gemm(const GemmLayout p, const float alpha, const float beta, __global cons
     }
 }
 
+/* A row of 16 partial sums, as one vector and as its elements. gemm_direct moves float16 values
+   through these and LOAD16 only, never through vload16/vstore16 or any other built-in: those are
+   calls into pocl's kernel library, built for the instruction sets the CPU reports (AVX-512), while
+   the kernels are compiled for the CPU as LLVM names it, which can lack them (LLVM 14 calls a
+   Zen 4 "znver3"); a 512-bit vector then crosses the call under two ABIs, and LLVM aborts. */
+typedef union {
+    float16 v;
+    float s[16];
+} Row16;
+
+#define LOAD16(p) ((float16)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7], \
+                            (p)[8], (p)[9], (p)[10], (p)[11], (p)[12], (p)[13], (p)[14], (p)[15]))
+
 /* The same product as gemm, for CPUs: no local memory, no barriers. A work-item computes
    DIRECT_ROWS x DIRECT_COLUMNS outputs, one float16 of partial sums per row, reading B's rows as
    vectors when they are contiguous and whole. Rows past M repeat the last row's loads (cheaper than
@@ -170,27 +183,27 @@ void gemm_direct(const GemmLayout p, const float alpha, const float beta, __glob
     /* a * b + acc rather than fma(): pocl's vector fma took twice as long. */
     if (b_n == 1 && col0 + 16 <= N) {
         for (int k = 0; k < K; ++k) {
-            const float16 b = vload16(0, B + k * b_k + col0);
+            const float16 b = LOAD16(B + k * b_k + col0);
             #pragma unroll
             for (int i = 0; i < DIRECT_ROWS; ++i)
                 acc[i] += A[a_rows[i] + k * a_k] * b;
         }
     } else {
         for (int k = 0; k < K; ++k) {
-            float b_row[16];
+            Row16 b;
             for (int j = 0; j < 16; ++j)
-                b_row[j] = col0 + j < N ? B[k * b_k + (col0 + j) * b_n] : 0.0f;
-            const float16 b = vload16(0, b_row);
+                b.s[j] = col0 + j < N ? B[k * b_k + (col0 + j) * b_n] : 0.0f;
             #pragma unroll
             for (int i = 0; i < DIRECT_ROWS; ++i)
-                acc[i] += A[a_rows[i] + k * a_k] * b;
+                acc[i] += A[a_rows[i] + k * a_k] * b.v;
         }
     }
 
     for (int i = 0; i < DIRECT_ROWS && row0 + i < M; ++i) {
         const int row = row0 + i;
-        float sums[16];
-        vstore16(acc[i], 0, sums);
+        Row16 row_sums;
+        row_sums.v = acc[i];
+        float *sums = row_sums.s;
         if (p.activation == ROW_SOFTMAX) {
             /* The whole row is in this work-item (N <= 16, so col0 is 0): finish it with a softmax. */
             float top = -INFINITY, total = 0.0f;
