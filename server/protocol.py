@@ -19,12 +19,16 @@ Origin header when CORS is on) goes through uvicorn's ASGI cycle as before."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 from typing import Any, Callable, Protocol
 
 import orjson
+import uvicorn
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
 
 from mlscore.server.request_ids import pick_headers
 
@@ -339,9 +343,74 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def protocol_class(max_header_bytes: int, header_timeout: float, body_timeout: float,
                    max_connections: int, direct_handler: DirectHandler | None = None
-                   ) -> type[GuardedHttpToolsProtocol]:
+                   ) -> type[GuardedHttpToolsProtocol] | str:
     """The protocol class for uvicorn's `http` setting, holding one server's limits (and the
-    handler of the scoring POSTs, when they are answered without ASGI)."""
+    handler of the scoring POSTs, when they are answered without ASGI). When this uvicorn lacks the
+    internals the class builds on, uvicorn's own "httptools" protocol instead: every request through
+    ASGI, bodies bounded by the routes, connections by uvicorn's limit_concurrency, and no header or
+    body time limits (see `fallback_limits`)."""
+    missing = missing_internals()
+    if missing:
+        logger.warning("uvicorn %s lacks what mlscore's HTTP protocol builds on (%s): serving with uvicorn's "
+                       "plain httptools protocol, without header and body time limits; install a uvicorn within "
+                       "the range pyproject.toml pins", uvicorn.__version__, ", ".join(missing))
+        return "httptools"
     limits = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout,
               "body_timeout": body_timeout, "max_connections": max_connections, "direct_handler": direct_handler}
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)
+
+
+def fallback_limits(http: type[GuardedHttpToolsProtocol] | str, max_connections: int) -> dict[str, Any]:
+    """uvicorn.Config settings that bound what the plain protocol would leave open."""
+    return {"limit_concurrency": max_connections} if isinstance(http, str) else {}
+
+
+# What GuardedHttpToolsProtocol uses of uvicorn's HttpToolsProtocol and RequestResponseCycle beyond
+# their public surface: methods it overrides or calls, attributes it reads on a connection.
+_METHODS = ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_url", "on_headers_complete",
+            "on_body", "on_message_complete", "on_response_complete", "timeout_keep_alive_handler",
+            "_start_asgi_task")
+_ATTRIBUTES = ("connections", "timeout_keep_alive", "timeout_keep_alive_task", "loop", "expect_100_continue",
+               "headers", "scope", "parser", "cycle", "pipeline", "transport", "server_state", "flow", "logger",
+               "access_logger", "access_log", "client")
+_CYCLE_ARGUMENTS = ("scope", "transport", "flow", "logger", "access_logger", "access_log", "default_headers",
+                    "message_event", "expect_100_continue", "keep_alive", "on_response")
+
+
+@functools.cache
+def missing_internals() -> tuple[str, ...]:
+    """The names of uvicorn's internals that this module needs and this uvicorn lacks (none: empty).
+    A connection is made on a stand-in transport to see the attributes it really has."""
+    missing = [f"HttpToolsProtocol.{name}" for name in _METHODS if not callable(getattr(HttpToolsProtocol, name, None))]
+    cycle = inspect.signature(RequestResponseCycle).parameters
+    missing += [f"RequestResponseCycle({name}=)" for name in _CYCLE_ARGUMENTS if name not in cycle]
+    if not isinstance(STATUS_LINE, dict) or 200 not in STATUS_LINE:
+        missing.append("STATUS_LINE")
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(_no_app, lifespan="off", log_config=None)
+        config.load()
+        connection = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        connection.connection_made(_StandInTransport())  # type: ignore[arg-type]
+        missing += [f"HttpToolsProtocol().{name}" for name in _ATTRIBUTES if not hasattr(connection, name)]
+        connection.connection_lost(None)
+    except Exception as error:  # a constructor that changed its signature, among others
+        missing.append(f"HttpToolsProtocol ({type(error).__name__}: {error})")
+    finally:
+        loop.close()
+    return tuple(missing)
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """The app of the connection `missing_internals` makes; no request reaches it."""
+
+
+class _StandInTransport(asyncio.Transport):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Nothing to close."""

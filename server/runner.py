@@ -31,7 +31,7 @@ from mlscore.server.app import Executor, ScoreFirst, ServerState, create_app, cr
 from mlscore.server.executors import InlineExecutor, ThreadExecutor
 from mlscore.server import logs
 from mlscore.server.data_collection import DataCollectionError, DataCollector
-from mlscore.server.protocol import DirectRequest, protocol_class
+from mlscore.server.protocol import DirectRequest, fallback_limits, protocol_class
 from mlscore.server.supervisor import ProcessExecutor
 from mlscore.server.settings import Settings, log_level_number
 
@@ -289,10 +289,11 @@ class Server(uvicorn.Server):
         apart, so that neither scoring nor a full connection table on the main port keeps a probe
         from its answer."""
         settings = self._launch.state.settings
+        http = protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
+                              HEALTH_MAX_CONNECTIONS)
         config = uvicorn.Config(
             create_health_app(self._launch.state), lifespan="off", access_log=False, log_config=None,
-            http=protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
-                                HEALTH_MAX_CONNECTIONS),
+            http=http, **fallback_limits(http, HEALTH_MAX_CONNECTIONS),
             timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
             ssl_certfile=settings.ssl_cert, ssl_keyfile=settings.ssl_key,
             ssl_keyfile_password=settings.ssl_key_password, server_header=False,
@@ -390,12 +391,14 @@ def serve(started: Started) -> int:
     settings = started.state.settings
     app = create_app(started.state)
     scoring = app if isinstance(app, ScoreFirst) else getattr(app, "app", None)  # inside CORS middleware
+    # httptools with limits on slow and oversized requests, and the scoring POSTs answered without ASGI
+    http = protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
+                          settings.max_connections, scoring if isinstance(scoring, ScoreFirst) else None)
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        # httptools with limits on slow and oversized requests, and the scoring POSTs answered without ASGI
-        http=protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
-                            settings.max_connections, scoring if isinstance(scoring, ScoreFirst) else None),
+        http=http,
+        **fallback_limits(http, settings.max_connections),
         lifespan="on",
         access_log=False,
         log_level=log_level_number(settings.log_level),
