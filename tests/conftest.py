@@ -16,6 +16,9 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
+# Each test in a child process that may crash without taking the run with it (tests/crash_guard.py).
+pytest_plugins = ("crash_guard",)
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
