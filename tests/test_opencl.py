@@ -1,10 +1,16 @@
 """The OpenCL backend on whatever OpenCL device is here (pocl's CPU device in CI): results within
 1e-4 of onnxruntime for several batch sizes, clear errors at load and at run, the prebuilt-binary
-path, and buffers that are reused rather than reallocated."""
+path, buffers that are reused rather than reallocated, and compilers that crash or hang in the
+child process that builds and checks the program rather than in ours."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +21,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mlscore.accelerators import AcceleratorError, DeviceUnavailable, InvalidInput, UnsupportedModel, opencl
+from mlscore.accelerators.opencl import program as program_module
+from mlscore.accelerators.opencl import toolchain
+from mlscore.accelerators.opencl.device import choose_device
+from mlscore.accelerators.opencl.toolchain import CompilerFailed, Origin
+from mlscore.accelerators.opencl.verify import required_launches
 
 pytestmark = pytest.mark.skipif(not opencl.devices(), reason="no OpenCL device on this machine "
                                 "(pip install 'pyopencl[pocl]' gives a CPU one)")
@@ -529,3 +540,228 @@ def test_machine_without_opencl_lists_none_and_says_how_to_get_one(models: dict[
 def test_pocl_device_is_listed_when_pocl_is_installed() -> None:
     pytest.importorskip("pocl_binary_distribution", reason="pocl's wheel is not installed")
     assert any("Portable Computing Language" in info.details["platform"] for info in opencl.devices())
+
+
+# ---- building and checking the program in a child process ------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# What pocl 3.0 printed before it aborted on Zen 4 (issue 14), then the signal it died of.
+LLVM_CRASH = ("import os, sys; sys.stderr.write(\"LLVM ERROR: Do not know how to scalarize this operator's "
+              "operand!\\n\"); sys.stderr.flush(); os.abort()")
+
+
+@pytest.fixture()
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of verified programs holding nothing yet, and no program loaded in this process."""
+    folder = tmp_path / "verified"
+    monkeypatch.setenv(toolchain.CACHE_ENV, str(folder))
+    monkeypatch.setattr(program_module, "_programs", {})
+    return folder
+
+
+def compiler_runs(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """The verifying child replaced by the Python program `code` (which gets the paths as globals)."""
+    def command(device, origin, work, out, result) -> list[str]:
+        return [sys.executable, "-c", f"out, result = {str(out)!r}, {str(result)!r}\n{code}"]
+
+    monkeypatch.setattr(toolchain, "child_command", command)
+
+
+def device_name() -> str:
+    return choose_device(None).name.strip()
+
+
+def test_compiler_crash_is_an_error_naming_the_device_the_signal_and_the_compilers_last_line(
+        models: dict[str, Path], own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiler_runs(monkeypatch, LLVM_CRASH)
+    with pytest.raises(CompilerFailed) as raised:
+        opencl.load(models["mlp"])
+    message = str(raised.value)
+    assert message.startswith(f"the OpenCL compiler crashed (SIGABRT) building mlscore's kernels for OpenCL device "
+                              f"{device_name()!r}")
+    assert message.endswith("LLVM ERROR: Do not know how to scalarize this operator's operand!")
+    assert "\n" not in message
+
+
+def test_a_crash_is_remembered_until_its_record_is_deleted(own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    device = choose_device(None)
+    compiler_runs(monkeypatch, LLVM_CRASH)
+    with pytest.raises(CompilerFailed, match="crashed"):
+        toolchain.verified_binary(device, Origin(tuning=opencl.SERIAL))
+    compiler_runs(monkeypatch, "raise SystemExit(7)")
+    with pytest.raises(CompilerFailed, match=r"crashed \(SIGABRT\).*remembered from an earlier attempt: delete "):
+        toolchain.verified_binary(device, Origin(tuning=opencl.SERIAL))
+    [record] = own_cache.glob("*.failed")
+    record.unlink()
+    with pytest.raises(CompilerFailed, match="the OpenCL compiler exited with status 7 building"):
+        toolchain.verified_binary(device, Origin(tuning=opencl.SERIAL))
+
+
+def test_hung_compiler_is_killed_with_what_it_started_at_the_time_limit(
+        own_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pids = tmp_path / "pids"
+    compiler_runs(monkeypatch, f"""
+import os, subprocess, sys, time
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{helper.pid}}")
+print("llvm_workgroup_ir_func_gen still running", flush=True)
+time.sleep(120)
+""")
+    monkeypatch.setenv(toolchain.TIMEOUT_ENV, "4")
+    with pytest.raises(CompilerFailed) as raised:
+        toolchain.verified_binary(choose_device(None), Origin(tuning=opencl.SERIAL))
+    assert f"building mlscore's kernels for OpenCL device {device_name()!r}" in str(raised.value)
+    assert "did not finish within 4 s (MLSCORE_OPENCL_BUILD_TIMEOUT)" in str(raised.value)
+    assert str(raised.value).endswith("the compiler's last lines: llvm_workgroup_ir_func_gen still running")
+    for pid in map(int, pids.read_text().split()):
+        assert dies_soon(pid), f"process {pid} still runs"
+    assert not list(own_cache.glob("*.failed"))  # a time limit is no verdict on the compiler: tried again next time
+
+
+def dies_soon(pid: int, timeout: float = 10) -> bool:
+    """Whether process `pid` is gone (or a zombie: killed, not reaped) within `timeout` seconds: a
+    SIGKILLed process still runs its exit for a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_verified_binary_is_cached_per_origin_and_its_own_bytes_need_no_second_check(
+        own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    device = choose_device(None)
+    compiler_runs(monkeypatch, "open(out, 'wb').write(b'verified program')")
+    assert toolchain.verified_binary(device, Origin(tuning=opencl.SERIAL)) == b"verified program"
+    compiler_runs(monkeypatch, LLVM_CRASH)
+    assert toolchain.verified_binary(device, Origin(tuning=opencl.SERIAL)) == b"verified program"
+    given_back = Origin(binary=b"verified program", name="saved.bin")
+    assert toolchain.verified_binary(device, given_back) == b"verified program"
+    with pytest.raises(CompilerFailed):  # other work shapes are another source
+        toolchain.verified_binary(device, Origin(tuning=replace(opencl.SERIAL, flat_group=8)))
+
+
+def test_cache_key_follows_the_driver_settings_and_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    device = choose_device(None)
+    serial = toolchain.cache_key(device, Origin(tuning=opencl.SERIAL))
+    assert toolchain.cache_key(device, Origin(tuning=opencl.PARALLEL)) != serial
+    monkeypatch.setenv("POCL_EXTRA_BUILD_FLAGS", "-cl-fast-relaxed-math")
+    assert toolchain.cache_key(device, Origin(tuning=opencl.SERIAL)) != serial
+    monkeypatch.delenv("POCL_EXTRA_BUILD_FLAGS")
+    monkeypatch.setenv("POCL_CACHE_DIR", "/elsewhere")
+    assert toolchain.cache_key(device, Origin(tuning=opencl.SERIAL)) == serial
+
+
+def test_refusal_in_the_child_comes_back_as_its_message(own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiler_runs(monkeypatch, "import json; json.dump({'error': 'wrong answers: check layers'}, open(result, 'w'))\n"
+                               "raise SystemExit(2)")
+    with pytest.raises(AcceleratorError, match="^wrong answers: check layers$") as raised:
+        toolchain.verified_binary(choose_device(None), Origin(tuning=opencl.SERIAL))
+    assert not isinstance(raised.value, CompilerFailed)
+
+
+def test_devices_mark_one_whose_compiler_crashes_unusable_and_say_why(own_cache: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    compiler_runs(monkeypatch, LLVM_CRASH)
+    details = opencl.devices()[0].details
+    assert details["usable"] is False
+    assert "crashed (SIGABRT)" in details["problem"] and "LLVM ERROR" in details["problem"]
+
+
+def test_devices_whose_kernels_pass_their_checks_are_usable() -> None:
+    assert all(info.details["usable"] and "problem" not in info.details for info in opencl.devices())
+
+
+def test_checks_cover_every_kernel_a_plan_launches_on_narrow_and_wide_grids() -> None:
+    """pocl compiles a work-group function per (group size, narrow or wide grid): verify's checks
+    launch each kernel both ways (they refuse to pass otherwise), every kernel requires its group size."""
+    kernels = {name for name, _ in required_launches(opencl.SERIAL)}
+    assert "gemm_direct" in kernels and "gemm" not in kernels and "program_info" not in kernels
+    assert {name for name, _ in required_launches(opencl.PARALLEL)} == kernels - {"gemm_direct"} | {"gemm"}
+    assert required_launches(opencl.SERIAL) == {(name, wide) for name in kernels for wide in (False, True)}
+    source = opencl.kernel_source(opencl.SERIAL)
+    assert source.count("__kernel") == source.count("__kernel __attribute__((reqd_work_group_size(")
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`code` in a child interpreter, so that a compiler crash there fails this test, not the test run."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_kernels_pass_no_vector_wider_than_the_target_to_a_built_in(tmp_path: Path) -> None:
+    """Issue 14: pocl 3.0 compiles for the CPU as LLVM 14 names it ("znver3" for a Zen 4: no
+    AVX-512) and links the kernel library built for the instruction sets the CPU reports (AVX-512).
+    A float16 returned by vload16 crossed that boundary under two ABIs and LLVM aborted. clang warns
+    wherever such a call is compiled for a target without AVX-512."""
+    built = run_python("""
+import pyopencl as cl
+from mlscore.accelerators import opencl
+from mlscore.accelerators.opencl.device import choose_device
+device = choose_device(None)
+context = cl.Context([device])
+for tuning in (opencl.SERIAL, opencl.PARALLEL):
+    program = cl.Program(context, opencl.kernel_source(tuning)).build()
+    print(program.get_build_info(device, cl.program_build_info.LOG))
+""", env={"PYOPENCL_NO_CACHE": "1", "POCL_CACHE_DIR": str(tmp_path / "pocl")})  # a fresh build: its warnings
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "changes the ABI" not in built.stdout + built.stderr
+
+
+def test_a_loaded_program_makes_pocl_compile_nothing_whatever_the_batch(models: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """The verified binary holds every work-group function the plans can launch: with a pocl cache
+    that starts empty, serving batches of every size (wide grids included) compiles nothing."""
+    pytest.importorskip("pocl_binary_distribution", reason="pocl's wheel is not installed")
+    opencl.load(models["mlp"])  # verified (or found verified) here, before the child process below
+    paths = {name: str(models[name]) for name in ("mlp", "cnn", "elementwise")}
+    served = run_python(f"""
+import numpy as np
+from mlscore.accelerators import opencl
+for name, batches in (("mlp", (1, 17, 300)), ("cnn", (1, 5, 64)), ("elementwise", (1, 9, 5000))):
+    session = opencl.load({paths!r}[name])
+    for batch in batches:
+        session.run({{"x": np.ones([batch, *session.inputs[0].shape[1:]], np.float32)}})
+print("served")
+""", env={"POCL_DEBUG": "all", "POCL_CACHE_DIR": str(tmp_path / "pocl")})
+    assert served.returncode == 0 and "served" in served.stdout, served.stdout[-3000:] + served.stderr[-3000:]
+    assert "Using a cached WG function" in served.stderr
+    compiled = [line for line in served.stderr.splitlines() if "Built a WG function" in line or "llvm_codegen" in line]
+    assert compiled == []
+
+
+def crashing_compiler(tmp_path: Path) -> dict[str, str]:
+    """The environment of a server whose verifying child aborts as pocl did on Zen 4, with a cache of its own."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "if '--expect' in sys.argv and '--parent' in sys.argv:  # verify.py's command line\n"
+        f"    {LLVM_CRASH}\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+            toolchain.CACHE_ENV: str(tmp_path / "verified")}
+
+
+def test_serve_exits_3_with_one_line_naming_the_device_when_its_compiler_crashes(tmp_path: Path) -> None:
+    from conftest import run_server_to_exit
+
+    model = EXAMPLES / "digits_onnx" / "models" / "digits_mlp.onnx"
+    result = run_server_to_exit(tmp_path, "--model", str(model), "--device", "opencl",
+                                env=crashing_compiler(tmp_path))
+    log = result.stdout + result.stderr
+    assert result.returncode == 3, log
+    [line] = [line for line in log.splitlines() if "cannot start" in line]
+    assert f"OpenCL device {device_name()!r}" in line and "crashed (SIGABRT)" in line
+    assert "LLVM ERROR: Do not know how to scalarize" in line
+
+
+def test_devices_command_says_why_a_device_is_unusable(tmp_path: Path) -> None:
+    listed = subprocess.run([sys.executable, "-m", "mlscore", "devices"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **crashing_compiler(tmp_path)})
+    assert listed.returncode == 0, listed.stderr
+    [line] = [line for line in listed.stdout.splitlines() if line.startswith("opencl")]
+    assert "usable: False" in line and "crashed (SIGABRT)" in line and "LLVM ERROR" in line

@@ -22,16 +22,23 @@ Options of `load()`:
   kernels; the least recently used beyond that are released.
 
 The program holds every kernel (ops.py lists the operators), is built once per device and shared
-by every session on it. Its work shapes (kernels.Tuning) suit the device's type: many work-items
-per matrix tile staged in local memory on GPUs and accelerators; on CPUs, matrix products straight
-from global memory, 16 x 16 outputs a work-item; a binary reports the shapes it was compiled with,
-and `build_binary(tuning=...)` picks others. Weights go to the device once at load. The
+by every session on it. It is built, or a given binary loaded, in a child process with a time limit
+that also runs every kernel at every work shape plans launch and checks the answers (verify.py):
+a compiler that crashes or hangs is an AcceleratorError naming the device, the signal or the
+timeout and the compiler's last lines, never a dead server, and `devices()` says which devices
+cannot run the kernels and why. The verified binary is cached (toolchain.py: MLSCORE_OPENCL_CACHE,
+by default ~/.cache/mlscore/opencl) per device, driver and source, so only the first load on a
+machine pays for the build (some seconds on pocl). Its work shapes (kernels.Tuning) suit the
+device's type: many work-items per matrix tile staged in local memory on GPUs and accelerators; on
+CPUs, matrix products straight from global memory, 16 x 16 outputs a work-item; every kernel
+requires its work-group size, a binary reports the shapes it was compiled with, and
+`build_binary(tuning=...)` picks others. Weights go to the device once at load. The
 element-wise nodes that only finish a matrix product (MatMul's bias Add, then a Relu, Sigmoid or
 Tanh) run in its kernel: one launch per layer of an MLP. Each input shape gets a plan (shapes
 inferred, intermediate buffers shared between tensors whose lifetimes do not overlap, kernel
 arguments bound) that later runs of that shape replay. How runs from several threads share a
 session, and what else a run costs: see session.py. A CPU device for development and CI:
-`pip install 'pyopencl[pocl]'` (pocl keeps its compiled kernels in ~/.cache/pocl).
+`pip install 'pyopencl[pocl]'`.
 """
 
 from __future__ import annotations
@@ -50,11 +57,23 @@ _OPTIONS = ("opencl_binary", "opencl_device", "opencl_plan_cache")
 
 def devices() -> list[DeviceInfo]:
     """One entry per OpenCL device pyopencl finds; none, rather than an error, when there is no
-    platform, no device, or no pyopencl."""
+    platform, no device, or no pyopencl. Each says whether mlscore's kernels work on it ("usable"),
+    and if not, why ("problem"): they are built and checked for it in a child process the first
+    time (toolchain.py), then the verdict is cached."""
     try:
-        return [describe(index, device) for index, device in enumerate(all_devices())]
+        found = all_devices()
+        return [_with_verdict(describe(index, device), device) for index, device in enumerate(found)]
     except Exception:  # DeviceUnavailable, or a driver failing a query: listing devices must not fail
         return []
+
+
+def _with_verdict(info: DeviceInfo, device: Any) -> DeviceInfo:
+    from mlscore.accelerators.opencl.program import default_tuning
+    from mlscore.accelerators.opencl.toolchain import verification_problem
+
+    problem = verification_problem(device, default_tuning(device))
+    verdict = {"usable": True} if problem is None else {"usable": False, "problem": problem}
+    return DeviceInfo(info.kind, info.name, {**info.details, **verdict})
 
 
 def load(path: str | Path, **options: Any) -> Any:

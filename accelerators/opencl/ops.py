@@ -35,9 +35,10 @@ class Encoder(Protocol):
 
     tuning: Tuning  # the work shapes the program was compiled with
 
-    def launch(self, kernel: str, global_size: Sequence[int], local_size: Sequence[int] | None, *args: Any) -> None:
+    def launch(self, kernel: str, global_size: Sequence[int], local_size: Sequence[int], *args: Any) -> None:
         """Bind `args` (buffers, ints as int32, floats as float32, int32 arrays by value as the
-        struct they lay out) to a kernel launched on every run."""
+        struct they lay out) to a kernel launched on every run, in groups of `local_size`: the
+        size the kernel requires (kernels.Tuning)."""
 
     def scratch(self, shape: Shape) -> Tensor:
         """A float32 buffer for use within this operator's launches only."""
@@ -134,6 +135,14 @@ def normalized_axis(axis: int, rank: int, inclusive: bool = False) -> int:
     if not -limit <= axis < limit:
         raise ShapeError(f"axis {axis} is out of range for rank {rank}")
     return axis % limit if axis < 0 else axis
+
+
+def launch_flat(encoder: Encoder, kernel: str, count: int, *args: Any) -> None:
+    """Launch a one-dimensional kernel over `count` work-items, with `args` and then `count`: in
+    groups of the program's flat_group (the only group size it was compiled for), rounded up to
+    whole groups; the kernel skips the work-items past `count`."""
+    group = encoder.tuning.flat_group
+    encoder.launch(kernel, (math.ceil(count / group) * group,), (group,), *args, count)
 
 
 # ---- matrix products -----------------------------------------------------------------------------------
@@ -435,9 +444,8 @@ class Conv(Product):
             cols = x.buffer  # a 1x1 window over the unpadded input: the image is already its columns
         else:
             cols = encoder.scratch((batch, depth, plane)).buffer
-            encoder.launch("im2col", (plane, depth, batch), None, x.buffer, cols, channels, height, width,
-                           kernel_h, kernel_w, out_h, out_w, *self.window.strides, pad_h, pad_w,
-                           *self.window.dilations)
+            launch_flat(encoder, "im2col", batch * depth, x.buffer, cols, channels, height, width, kernel_h, kernel_w,
+                        out_h, out_w, *self.window.strides, pad_h, pad_w, *self.window.dilations)
         rows, group_depth = out_channels // self.groups, depth // self.groups
         launch_gemm(encoder, rows, plane, group_depth,
                     Operand(w.buffer, (group_depth, 1), batch=(0, rows * group_depth)),
@@ -468,8 +476,8 @@ class MaxPool(Op):
         x = inputs[0]
         batch, channels, height, width = x.shape
         (out_h, out_w), (pad_h, pad_w) = self.window.output((height, width), self.kernel)
-        encoder.launch("max_pool", (out_h * out_w, batch * channels), None, x.buffer, output.buffer, height, width,
-                       *self.kernel, out_h, out_w, *self.window.strides, pad_h, pad_w, *self.window.dilations)
+        launch_flat(encoder, "max_pool", batch * channels * out_h, x.buffer, output.buffer, height, width,
+                    *self.kernel, out_h, out_w, *self.window.strides, pad_h, pad_w, *self.window.dilations)
 
 
 class GlobalAveragePool(Op):
@@ -498,7 +506,7 @@ class Unary(Op):
         return shapes[0]
 
     def encode(self, encoder: Encoder, inputs: Sequence[Tensor | None], output: Tensor) -> None:
-        encoder.launch(self.kernel, (size_of(output.shape),), None, inputs[0].buffer, output.buffer)
+        launch_flat(encoder, self.kernel, size_of(output.shape), inputs[0].buffer, output.buffer)
 
 
 class Relu(Unary):
@@ -530,8 +538,8 @@ class Binary(Op):
         if not dims:  # every dimension is 1: a single element
             dims, a_steps, b_steps = [1], [0], [0]
         layout = encoder.table([*dims, *a_steps, *b_steps])
-        encoder.launch(self.kernel, (size_of(output.shape),), None, a.buffer, b.buffer, output.buffer, layout,
-                       len(dims))
+        launch_flat(encoder, self.kernel, size_of(output.shape), a.buffer, b.buffer, output.buffer, layout,
+                    len(dims))
 
 
 class Add(Binary):
@@ -577,7 +585,7 @@ class Softmax(Op):
 
     def encode(self, encoder: Encoder, inputs: Sequence[Tensor | None], output: Tensor) -> None:
         outer, length, inner = self._view(inputs[0].shape)
-        encoder.launch("softmax", (outer * inner,), None, inputs[0].buffer, output.buffer, length, inner)
+        launch_flat(encoder, "softmax", outer * inner, inputs[0].buffer, output.buffer, length, inner)
 
 
 # ---- views ---------------------------------------------------------------------------------------------

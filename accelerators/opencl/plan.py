@@ -24,7 +24,7 @@ _INDEX_LIMIT = 2**31 - 1  # the kernels index with 32-bit ints
 class Launch:
     kernel: Any  # cl.Kernel, its arguments set
     global_size: tuple[int, ...]
-    local_size: tuple[int, ...] | None
+    local_size: tuple[int, ...]
 
 
 @dataclass
@@ -178,12 +178,12 @@ class _Planner:
 
     # The Encoder protocol (ops.py), used by the operators while they encode.
 
-    def launch(self, kernel: str, global_size: Sequence[int], local_size: Sequence[int] | None, *args: Any) -> None:
+    def launch(self, kernel: str, global_size: Sequence[int], local_size: Sequence[int], *args: Any) -> None:
         if 0 in global_size:  # an empty tensor: nothing to compute
             return
         bound = cl.Kernel(self.program.program, kernel)
         bound.set_args(*(_kernel_arg(arg) for arg in args))
-        self.launches.append(Launch(bound, tuple(global_size), None if local_size is None else tuple(local_size)))
+        self.launches.append(Launch(bound, tuple(global_size), tuple(local_size)))
 
     def scratch(self, shape: Shape) -> Tensor:
         if size_of(shape) > _INDEX_LIMIT:

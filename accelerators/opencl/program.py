@@ -1,6 +1,8 @@
 """Getting the kernels onto a device: built from our OpenCL C source (GPUs, CPUs) or loaded from a
-prebuilt binary (FPGA boards, whose toolchains compile offline). Either way once per device and
-origin, shared by every session on that device."""
+prebuilt binary (FPGA boards, whose toolchains compile offline). Either way the program is first
+built and checked in a child process (toolchain.py), where a compiler that crashes or hangs cannot
+take this process with it; this process loads the binary that passed. Once per device and origin,
+shared by every session on that device."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pyopencl as cl
 from mlscore.accelerators.base import AcceleratorError
 from mlscore.accelerators.opencl.device import device_type
 from mlscore.accelerators.opencl.kernels import KERNEL_NAMES, PARALLEL, SERIAL, Tuning, abi_stamp, kernel_source
+from mlscore.accelerators.opencl.toolchain import Origin, verified_binary
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def built_program(device: Any, tuning: Tuning | None = None) -> Program:
     """The program built from our source for `device`, with `tuning` (default: the one that suits
     the device's type); built once per device and tuning, so a second model costs no second build."""
     tuning = tuning or default_tuning(device)
-    return _cached((device, tuning), device, "source", lambda context: _build(context, device, tuning))
+    return _cached((device, tuning), device, "source", lambda: verified_binary(device, Origin(tuning=tuning)))
 
 
 def loaded_program(device: Any, path: Path) -> Program:
@@ -56,19 +59,20 @@ def loaded_program(device: Any, path: Path) -> Program:
     program's origin, which errors name)."""
     data = _read_binary(path)
     key = (device, hashlib.sha256(data).hexdigest(), str(path))
-    return _cached(key, device, str(path), lambda context: _load_binary(context, device, data, path))
+    return _cached(key, device, str(path), lambda: verified_binary(device, Origin(binary=data, name=str(path))))
 
 
-def _cached(key: tuple[Any, ...], device: Any, origin: str, make: Callable[[Any], Any]) -> Program:
+def _cached(key: tuple[Any, ...], device: Any, origin: str, verified: Callable[[], bytes]) -> Program:
     with _lock:
         if key not in _programs:
             context = _contexts.setdefault(device, cl.Context([device]))
-            program = make(context)
-            _programs[key] = Program(context, device, program, _tuning_of(context, program, origin), origin)
+            program = load_binary(context, device, verified(), origin)
+            _programs[key] = Program(context, device, program, tuning_of(context, program, origin), origin)
         return _programs[key]
 
 
-def _build(context: Any, device: Any, tuning: Tuning) -> Any:
+def build_source(context: Any, device: Any, tuning: Tuning) -> Any:
+    """Our source with `tuning`, compiled for `device`: only ever in verify's child process."""
     try:
         return cl.Program(context, kernel_source(tuning)).build(devices=[device])
     except cl.Error as error:  # the compiler's log is in the message
@@ -83,7 +87,7 @@ def _read_binary(path: Path) -> bytes:
         raise AcceleratorError(f"opencl_binary: cannot read {path}: {error.strerror or error}") from None
 
 
-def _load_binary(context: Any, device: Any, data: bytes, path: Path) -> Any:
+def load_binary(context: Any, device: Any, data: bytes, path: Path | str) -> Any:
     """The program in `data`, refused with a message naming `path` unless it is a binary for this
     device that holds this version of our kernels."""
     name = device.name.strip()
@@ -100,21 +104,21 @@ def _load_binary(context: Any, device: Any, data: bytes, path: Path) -> Any:
     return program
 
 
-def _tuning_of(context: Any, program: Any, origin: str) -> Tuning:
+def tuning_of(context: Any, program: Any, origin: str) -> Tuning:
     """The work shapes the program was compiled with, after checking it holds this version of the kernels."""
-    info = np.zeros(6, np.uint32)
+    info = np.zeros(7, np.uint32)
     buffer = cl.Buffer(context, cl.mem_flags.WRITE_ONLY, info.nbytes)
     kernel = cl.Kernel(program, "program_info")
     kernel.set_args(buffer)
     queue = cl.CommandQueue(context)
-    cl.enqueue_nd_range_kernel(queue, kernel, (1,), None)
+    cl.enqueue_nd_range_kernel(queue, kernel, (1,), (1,))  # the one work shape program_info has
     cl.enqueue_copy(queue, info, buffer)
     queue.finish()
-    stamp, tile, work_per_item, tile_k, reduce_group, direct_rows = (int(value) for value in info)
+    stamp, tile, work_per_item, tile_k, reduce_group, direct_rows, flat_group = (int(value) for value in info)
     if stamp != abi_stamp():
         raise AcceleratorError(f"the program from {origin} holds another version of mlscore's kernels "
                                f"(stamp {stamp}, this version's is {abi_stamp()}): rebuild it")
-    return Tuning(tile, work_per_item, tile_k, reduce_group, direct_rows)
+    return Tuning(tile, work_per_item, tile_k, reduce_group, direct_rows, flat_group)
 
 
 def _first_line(error: Exception) -> str:
