@@ -17,6 +17,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from typing import Any, Iterator
 from mlscore.accelerators.base import AcceleratorError
 from mlscore.accelerators.opencl.device import all_devices, device_type
 from mlscore.accelerators.opencl.kernels import Tuning, kernel_source
+
+logger = logging.getLogger("mlscore.accelerators")
 
 CACHE_ENV = "MLSCORE_OPENCL_CACHE"
 TIMEOUT_ENV = "MLSCORE_OPENCL_BUILD_TIMEOUT"
@@ -146,6 +149,8 @@ def describe_device(device: Any) -> str:
 
 def _verify_in_child(device: Any, origin: Origin, folder: Path) -> bytes:
     timeout = _timeout()
+    logger.info("%s for %s and checking them, in a child process (once per device, driver and source: the result "
+                "is kept in %s)", origin.doing(), describe_device(device), folder)
     with tempfile.TemporaryDirectory(prefix="verify-", dir=folder) as scratch:
         work = Path(scratch)
         out, result, log = work / "program.bin", work / "result.json", work / "compiler.log"
