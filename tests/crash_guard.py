@@ -139,8 +139,7 @@ class Supervisor:
                         running = {**message, "since": time.monotonic()}
                         self.hook.pytest_runtest_logstart(nodeid=message["start"], location=tuple(message["location"]))
                     elif "report" in message:
-                        report = self.hook.pytest_report_from_serializable(config=self.config, data=message["report"])
-                        self.hook.pytest_runtest_logreport(report=report)
+                        self.hook.pytest_runtest_logreport(report=self._report(message["report"]))
                     elif "warning" in message:
                         self._warn(message)
                     else:
@@ -163,6 +162,14 @@ class Supervisor:
             self._died_between_tests(status, log_path)
             return len(nodeids)
         return finished
+
+    def _report(self, data: dict[str, Any]) -> pytest.TestReport:
+        """A report the child serialized: JSON gave back lists where pytest keeps tuples (a skip's
+        (path, line, reason), a location)."""
+        for key in ("longrepr", "location"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
+        return self.hook.pytest_report_from_serializable(config=self.config, data=data)
 
     def _warn(self, message: dict[str, Any]) -> None:
         """A warning the child recorded, for this process's warnings summary."""

@@ -34,6 +34,10 @@ def test_after():
 def test_fails_as_usual():
     print("said before failing")
     assert 1 == 2
+
+def test_skips():
+    import pytest
+    pytest.skip("not here")
 """
 
 
@@ -52,7 +56,8 @@ def test_a_crash_fails_that_test_with_its_output_and_the_rest_still_run(tmp_path
     result = run_pytest(suite(tmp_path, CRASHING), "-q", "-rA")
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
-    assert "2 failed, 2 passed" in out.splitlines()[-1]
+    assert "2 failed, 2 passed, 1 skipped" in out.splitlines()[-1]
+    assert "SKIPPED [1] test_suite.py:20: not here" in out
     assert "PASSED test_suite.py::test_before" in out and "PASSED test_suite.py::test_after" in out
     assert "the test process was killed by SIGABRT while running this test" in out
     assert "LLVM ERROR: Do not know how to scalarize this operator's operand!" in out
@@ -69,7 +74,7 @@ def test_exit_first_stops_at_the_crash(tmp_path: Path) -> None:
 
 def test_plugin_can_be_turned_off(tmp_path: Path) -> None:
     result = run_pytest(suite(tmp_path, CRASHING), "-q", "-p", "no:crash_guard", "-k", "not aborts")
-    assert "1 failed, 2 passed, 1 deselected" in result.stdout.splitlines()[-1]
+    assert "1 failed, 2 passed, 1 skipped, 1 deselected" in result.stdout.splitlines()[-1]
 
 
 def test_killing_the_run_kills_its_test_process_and_what_the_tests_started(tmp_path: Path) -> None:
