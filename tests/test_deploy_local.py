@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pytest
@@ -63,21 +64,38 @@ def show(project: Path, name: str) -> dict:
     return json.loads(mlscore(project / "home", "service", "show", name, "--json").stdout)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 class Traffic:
+    """Clients posting in a loop on kept-alive connections until stopped; every outcome recorded,
+    and each client's latest answer."""
+
     def __init__(self, url: str, clients: int = 3) -> None:
         self.url, self.answers, self.errors = url, [], []
+        self.latest: list[httpx.Response | None] = [None] * clients
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(clients)]
+        self._threads = [threading.Thread(target=self._loop, args=(index,), daemon=True) for index in range(clients)]
         for thread in self._threads:
             thread.start()
 
-    def _loop(self) -> None:
+    def _loop(self, index: int) -> None:
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
                 try:
-                    self.answers.append(client.post(self.url, json={"data": 1}))
+                    answer = client.post(self.url, json={"data": 1})
                 except httpx.HTTPError as error:
                     self.errors.append(repr(error))
+                    continue
+                self.answers.append(answer)
+                self.latest[index] = answer
+
+    def every_client_answered_by(self, model: str) -> bool:
+        return all(answer is not None and answer.json()["model"] == model for answer in self.latest)
 
     def stop(self) -> None:
         self._stop.set()
@@ -98,9 +116,9 @@ def test_deploy_score_update_under_traffic_and_delete(project: Path) -> None:
 
     traffic = Traffic(uri)
     try:
-        time.sleep(0.5)
+        wait_until(lambda: len(traffic.answers) > 20 and traffic.every_client_answered_by("one"))
         done = mlscore(home, "service", "update", "svc", "-m", "m:2")
-        time.sleep(0.5)
+        wait_until(lambda: traffic.every_client_answered_by("two"))  # the old generation may still drain
     finally:
         traffic.stop()
     assert "starting generation 2 beside the one serving" in done.stdout

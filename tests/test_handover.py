@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -30,6 +31,13 @@ def serve_on_fd(tmp_path: Path, sock: socket.socket, name: str) -> subprocess.Po
                             start_new_session=True)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def wait_for_log(tmp_path: Path, name: str, text: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while text not in (tmp_path / f"{name}.log").read_text(errors="replace"):
@@ -38,24 +46,32 @@ def wait_for_log(tmp_path: Path, name: str, text: str, timeout: float = 60) -> N
 
 
 class Traffic:
-    """Clients posting in a loop on kept-alive connections until stopped; every outcome recorded."""
+    """Clients posting in a loop on kept-alive connections until stopped; every outcome recorded,
+    and each client's latest answer."""
 
     def __init__(self, url: str, clients: int = 4) -> None:
         self.url = url
         self.answers: list[httpx.Response] = []
         self.errors: list[BaseException] = []
+        self.latest: list[httpx.Response | None] = [None] * clients
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(clients)]
+        self._threads = [threading.Thread(target=self._loop, args=(index,), daemon=True) for index in range(clients)]
         for thread in self._threads:
             thread.start()
 
-    def _loop(self) -> None:
+    def _loop(self, index: int) -> None:
         with httpx.Client(timeout=10) as client:
             while not self._stop.is_set():
                 try:
-                    self.answers.append(client.post(self.url + "/score", content=b"x"))
+                    answer = client.post(self.url + "/score", content=b"x")
                 except httpx.HTTPError as error:
                     self.errors.append(error)
+                    continue
+                self.answers.append(answer)
+                self.latest[index] = answer
+
+    def every_client_answered_by(self, pid: int) -> bool:
+        return all(answer is not None and answer.json()["pid"] == pid for answer in self.latest)
 
     def stop(self) -> None:
         self._stop.set()
@@ -71,12 +87,12 @@ def test_a_second_server_on_the_same_socket_takes_over_under_traffic_without_a_f
     try:
         wait_for_log(tmp_path, "old", "serving ")
         traffic = Traffic(url)
-        time.sleep(0.5)
+        wait_until(lambda: traffic.every_client_answered_by(old.pid))
         new = serve_on_fd(tmp_path, sock, "new")
         wait_for_log(tmp_path, "new", "serving ")
         old.send_signal(signal.SIGTERM)
         assert old.wait(timeout=20) == 0
-        time.sleep(0.5)
+        wait_until(lambda: traffic.every_client_answered_by(new.pid))
         traffic.stop()
     finally:
         for process in (old, new):
@@ -94,7 +110,7 @@ def test_a_stopping_server_answers_kept_alive_clients_closing_each_connection(tm
     server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "whoami.py"), "--executor", "threads")
     traffic = Traffic(server.url, clients=2)
     try:
-        time.sleep(0.3)
+        wait_until(lambda: traffic.every_client_answered_by(server.process.pid))  # each on an open connection
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=20) == 0
     finally:
@@ -113,7 +129,8 @@ def test_ready_turns_503_while_draining(tmp_path):
         with httpx.Client(base_url=server.url, timeout=5) as client:
             assert client.get("/health/ready").status_code == 200
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.2)  # inside the drain: the connection stays open, answered and then closed
+            # Inside the drain (the second after "stopping:"): the connection stays open, answered and then closed.
+            server.wait_log("stopping:")
             answer = client.get("/health/ready")
             assert answer.status_code == 503 and answer.json()["message"] == "stopping"
             assert answer.headers["connection"] == "close"

@@ -111,12 +111,12 @@ def test_long_url_counts_toward_the_header_limit(limits_server):
 # --- slow clients -----------------------------------------------------------------------------
 
 def test_headers_that_do_not_arrive_in_time_are_408(limits_server):
+    started = time.monotonic()  # before the server can have started its clock, however slow the machine
     with connect(limits_server) as sock:
         sock.sendall(b"POST /score HTTP/1.1\r\nHost: t\r\n")
-        started = time.monotonic()
         status, body = status_and_body(read_until_closed(sock, within=TIMEOUT + 4))
     assert status == 408 and "did not arrive within 1 seconds" in body["message"]
-    assert time.monotonic() - started >= TIMEOUT * 0.9
+    assert time.monotonic() - started >= TIMEOUT * 0.95
 
 
 def test_body_that_stops_arriving_closes_the_connection(limits_server):

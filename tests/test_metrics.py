@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from typing import Callable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SCRIPTS, start_server
 from mlscore.server.metrics import Metrics
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def samples(url: str) -> dict[tuple[str, tuple], float]:
@@ -23,8 +31,11 @@ def samples(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def test_metric_values_after_a_known_sequence_of_requests(tmp_path):
+    calls = tmp_path / "calls.txt"
+    calls.touch()
     server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "sleepy.py"), "--executor", "threads",
-                          "--max-queue-wait-ms", "200", "--scoring-timeout-ms", "800")
+                          "--max-queue-wait-ms", "200", "--scoring-timeout-ms", "800",
+                          env={"SLEEPY_CALLS_FILE": str(calls)})
     try:
         url = server.url
         before = samples(url)
@@ -34,10 +45,13 @@ def test_metric_values_after_a_known_sequence_of_requests(tmp_path):
             assert httpx.post(url + "/score", json={"ms": 0}).status_code == 200
         assert httpx.post(url + "/score", content=b"\xff\xfe").status_code == 400
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(httpx.post, url + "/score", json={"ms": 1500}, timeout=30)
-            time.sleep(0.2)
-            assert httpx.post(url + "/score", json={"ms": 0}, timeout=30).status_code == 503
+            slow = pool.submit(httpx.post, url + "/score", timeout=30,
+                               json={"ms": 3000, "tag": "slow", "until": str(tmp_path / "release")})
+            wait_until(lambda: "slow" in calls.read_text())  # it holds the only slot, past its 504 until it returns
+            queued = httpx.post(url + "/score", json={"ms": 0}, timeout=30)
+            assert queued.status_code == 503 and "Waited 200 ms" in queued.json()["message"]
             assert slow.result().status_code == 504
+            (tmp_path / "release").touch()
         assert httpx.get(url + "/health/live").status_code == 200
         after = samples(url)
         assert after[("mlscore_requests_total", (("route", "/score"), ("status", "200")))] == 2
@@ -61,10 +75,7 @@ def test_worker_restarts_are_counted(tmp_path):
     server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "crashy.py"), "--executor", "processes")
     try:
         assert httpx.post(server.url + "/score", content=b"die", timeout=30).status_code == 500
-        deadline = time.monotonic() + 30
-        while samples(server.url)[("mlscore_worker_restarts", ())] < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: samples(server.url)[("mlscore_worker_restarts", ())] >= 1)
         assert samples(server.url)[("mlscore_rejections_total", (("reason", "worker_died"),))] == 1
     finally:
         server.stop()

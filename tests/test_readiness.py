@@ -147,7 +147,8 @@ def test_health_and_readiness_answer_at_once_while_every_slot_is_busy(tmp_path, 
                           env={"SLEEPY_CALLS_FILE": str(calls)})
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            holder = pool.submit(httpx.post, server.url + "/score", json={"ms": 1500, "tag": "holder"}, timeout=30)
+            holder = pool.submit(httpx.post, server.url + "/score", timeout=30,
+                                 json={"ms": 20000, "tag": "holder", "until": str(tmp_path / "release")})
             wait_until(lambda: "holder" in calls.read_text())
             queued = pool.submit(httpx.post, server.url + "/score", json={"ms": 0, "tag": "queued"}, timeout=30)
             wait_until(lambda: "mlscore_queue_depth 1.0" in httpx.get(server.url + "/metrics").text)
@@ -155,8 +156,10 @@ def test_health_and_readiness_answer_at_once_while_every_slot_is_busy(tmp_path, 
                 started = time.monotonic()
                 response = httpx.get(server.url + path, timeout=5)
                 assert response.status_code == 200, path  # busy is not unready
-                assert time.monotonic() - started < 1.0, path
+                assert time.monotonic() - started < 2.0, path
             assert calls.read_text().split() == ["holder"]  # still busy when health was answered
+            (tmp_path / "release").touch()
             assert holder.result().status_code == 200 and queued.result().status_code == 200
     finally:
+        (tmp_path / "release").touch()
         assert server.stop() == 0

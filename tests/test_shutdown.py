@@ -25,8 +25,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
-def post(url: str, ms: int, tag: str) -> httpx.Response:
-    return httpx.post(url + "/score", json={"ms": ms, "tag": tag}, timeout=30)
+def post(url: str, ms: int, tag: str, until: Path | None = None) -> httpx.Response:
+    """A request whose run() sleeps `ms` (or until the file `until` exists, if sooner)."""
+    body = {"ms": ms, "tag": tag, **({"until": str(until)} if until else {})}
+    return httpx.post(url + "/score", json=body, timeout=30)
 
 
 def sleepy_server(tmp_path: Path, executor: str, *flags: str) -> Server:
@@ -44,9 +46,10 @@ def called(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_sigterm_finishes_running_and_queued_requests_refuses_new_ones_and_exits_0(tmp_path, executor):
     server = sleepy_server(tmp_path, executor)
+    release = tmp_path / "release"
     try:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            running = pool.submit(post, server.url, 1000, "running")
+            running = pool.submit(post, server.url, 20000, "running", until=release)
             wait_until(lambda: "running" in called(tmp_path))
             queued = [pool.submit(post, server.url, 200, f"queued-{i}") for i in range(2)]
             wait_until(lambda: "mlscore_queue_depth 2.0" in httpx.get(server.url + "/metrics").text)
@@ -54,10 +57,12 @@ def test_sigterm_finishes_running_and_queued_requests_refuses_new_ones_and_exits
             wait_until(lambda: "stopping:" in server.log())
             with pytest.raises(httpx.TransportError):  # refused, or closed without an answer
                 httpx.get(server.url + "/health/live", timeout=2)
+            release.touch()
             answers = [running.result(), *(request.result() for request in queued)]
         assert [answer.status_code for answer in answers] == [200, 200, 200]
         assert server.process.wait(timeout=15) == 0
     finally:
+        release.touch()
         server.stop()
     assert sorted(called(tmp_path)) == ["queued-0", "queued-1", "running"]
     log = server.log()
@@ -68,17 +73,19 @@ def test_sigterm_finishes_running_and_queued_requests_refuses_new_ones_and_exits
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_grace_period_shorter_than_the_work_cuts_it_off_and_exits_0_on_time(tmp_path, executor):
     server = sleepy_server(tmp_path, executor, "--graceful-timeout", "0.5")
+    release = tmp_path / "release"
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            running = pool.submit(post, server.url, 5000, "long")
+            running = pool.submit(post, server.url, 20000, "long", until=release)
             wait_until(lambda: "long" in called(tmp_path))
             stopped_at = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             assert server.process.wait(timeout=15) == 0
-            assert time.monotonic() - stopped_at < 3.0  # the grace period, not the 5 s run()
+            assert time.monotonic() - stopped_at < 8.0  # the grace period, not the 20 s run()
             cut_off = running.result()
             assert cut_off.status_code == 503 and "grace period ran out" in cut_off.json()["message"]
     finally:
+        release.touch()
         server.stop()
     assert "grace period 0.5 s" in server.log()
     assert "stopped: the grace period ran out; 1 request(s) were cut off" in server.log()
@@ -86,12 +93,16 @@ def test_grace_period_shorter_than_the_work_cuts_it_off_and_exits_0_on_time(tmp_
 
 def test_stop_signal_to_the_whole_process_group_still_finishes_the_running_request(tmp_path):
     server = sleepy_server(tmp_path, "processes")
+    release = tmp_path / "release"
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            running = pool.submit(post, server.url, 1000, "running")
+            running = pool.submit(post, server.url, 20000, "running", until=release)
             wait_until(lambda: "running" in called(tmp_path))
             os.killpg(server.process.pid, signal.SIGTERM)  # start_server gives the server its own session
+            wait_until(lambda: "stopping:" in server.log())  # the worker got the signal too, while run() ran
+            release.touch()
             assert running.result().status_code == 200
         assert server.process.wait(timeout=15) == 0
     finally:
+        release.touch()
         server.stop()
