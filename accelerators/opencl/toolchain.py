@@ -38,7 +38,7 @@ CACHE_ENV = "MLSCORE_OPENCL_CACHE"
 TIMEOUT_ENV = "MLSCORE_OPENCL_BUILD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 _RESULT_ERROR = 2  # verify.RESULT_ERROR, without importing numpy and the checks here
-_LAST_LINES = 3
+_LAST_LINES = 4  # of the child's output, in an error: the compiler's last words, what it was checking
 # The code whose behaviour a verified binary vouches for: a change to any of them verifies anew.
 _CHECKED_CODE = ("kernels.py", "ops.py", "plan.py", "session.py", "verify.py")
 # Signals that say the process was stopped from outside rather than crashed: not remembered.
@@ -212,7 +212,7 @@ def _kill_group(child: subprocess.Popen) -> None:
 
 def _last_lines(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return " | ".join(lines[-_LAST_LINES:])[-600:] or "(no output)"
+    return " | ".join(lines[-_LAST_LINES:])[-800:] or "(no output)"
 
 
 def _timeout() -> float:

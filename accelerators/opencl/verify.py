@@ -66,6 +66,7 @@ def check_program(program) -> set[tuple[str, bool]]:
             session = OpenCLSession(path, program, plan_cache=len(check.batches))
             weights = _weights(path)
             for batch in check.batches:
+                print(f"verify: check {check.name!r} at batch {batch}", flush=True)  # what a crash report quotes
                 x = _rng.standard_normal((batch, *session.inputs[0].shape[1:])).astype(np.float32)
                 got = session.run({session.inputs[0].name: x})
                 for name, want in check.expected(x, weights).items():
@@ -225,7 +226,7 @@ CHECKS = (
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _die_with_parent(args.parent)
-    warnings.simplefilter("ignore")  # pyopencl's CompilerWarning: the log's last lines are the compiler's
+    warnings.simplefilter("ignore")  # pyopencl's CompilerWarning: the build log is printed once, below
     try:
         binary = _verified(args)
     except AcceleratorError as error:
@@ -254,6 +255,9 @@ def _verified(args: argparse.Namespace) -> bytes:
     else:
         origin = "source"
         program = build_source(context, device, Tuning(**json.loads(args.tuning)))
+    build_log = program.get_build_info(device, cl.program_build_info.LOG).strip()
+    if build_log:  # the compiler's warnings: the first thing to read if it crashes on the checks
+        print(build_log, file=sys.stderr, flush=True)
     verified = Program(context, device, program, tuning_of(context, program, origin), origin)
     check_program(verified)
     return verified.binary()
