@@ -18,7 +18,7 @@ from typing import Callable
 import httpx
 import pytest
 
-from conftest import EXAMPLES, SCRIPTS, Server, azmlinfsrv_command, serve_command, start_server
+from conftest import EXAMPLES, SCRIPTS, Server, azmlinfsrv_command, dies_with_tests, serve_command, start_server
 
 COMMANDS = ["mlscore", "azmlinfsrv"]
 LOOPBACK = {"MLSCORE_HOST": "127.0.0.1"}  # azmlinfsrv listens on 0.0.0.0 by default, as Azure's does
@@ -105,7 +105,8 @@ def start_listening(tmp_path: Path, command: list[str], env: dict[str, str]) -> 
     log_path = tmp_path / "listening.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                   env={**os.environ, **LOOPBACK, **env}, start_new_session=True)
+                                   env={**os.environ, **LOOPBACK, **env}, start_new_session=True,
+                                   preexec_fn=dies_with_tests())
     try:
         wait_until(lambda: LISTENING.search(log_path.read_text()) is not None or process.poll() is not None, 60)
         match = LISTENING.search(log_path.read_text())

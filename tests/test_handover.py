@@ -14,7 +14,7 @@ from typing import Callable
 
 import httpx
 
-from conftest import SCRIPTS, run_server_to_exit, start_server
+from conftest import SCRIPTS, dies_with_tests, run_server_to_exit, start_server
 
 
 def listening_socket() -> socket.socket:
@@ -28,7 +28,7 @@ def serve_on_fd(tmp_path: Path, sock: socket.socket, name: str) -> subprocess.Po
     command = [sys.executable, "-m", "mlscore", "serve", "--fd", str(sock.fileno()), "--entry-script",
                str(SCRIPTS / "whoami.py"), "--executor", "threads", "--max-concurrent-requests", "4"]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=[sock.fileno()],
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=dies_with_tests())
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:

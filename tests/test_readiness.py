@@ -16,7 +16,7 @@ from typing import Callable
 import httpx
 import pytest
 
-from conftest import SCRIPTS, Server, serve_command, start_server
+from conftest import SCRIPTS, Server, dies_with_tests, serve_command, start_server
 
 EXECUTORS = ["threads", "processes"]
 LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
@@ -34,7 +34,7 @@ def start_listening(tmp_path: Path, *args: str, env: dict[str, str], timeout: fl
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(serve_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                   env={**os.environ, **env}, start_new_session=True)
+                                   env={**os.environ, **env}, start_new_session=True, preexec_fn=dies_with_tests())
     server = Server(process, "", log_path)
     try:
         wait_until(lambda: LISTENING.search(server.log()) is not None or process.poll() is not None, timeout)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SCRIPTS, Server, run_server_to_exit, serve_command
+from conftest import SCRIPTS, Server, dies_with_tests, run_server_to_exit, serve_command
 from mlscore.server.settings import Settings, SettingsError
 
 SERVING_HTTPS = re.compile(r"serving .* on https://([\d.]+):(\d+)")
@@ -78,7 +78,8 @@ def start_https_server(tmp_path: Path, *args: str, env: dict[str, str] | None = 
     log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(serve_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+                                   env={**os.environ, **(env or {})}, start_new_session=True,
+                                   preexec_fn=dies_with_tests())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         match = SERVING_HTTPS.search(log_path.read_text(errors="replace"))
