@@ -97,6 +97,20 @@ def dies_with_tests() -> Callable[[], None] | None:
     return set_parent_death_signal
 
 
+def process_gone(pid: int, timeout: float = 10) -> bool:
+    """Whether process `pid` is gone (or a zombie: killed, not reaped) within `timeout` seconds: a
+    SIGKILLed process still runs its exit for a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
                  command: list[str] | None = None) -> Server:
     """Start `mlscore serve` with `args` (or `command`) on a free port and wait until it listens (or

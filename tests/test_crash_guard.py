@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import process_gone
+
 TESTS = Path(__file__).resolve().parent
 
 CONFTEST = """
@@ -106,17 +108,4 @@ def test_starts_a_server_and_waits():
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     for pid in (test_process, server):
-        assert gone_soon(pid), f"process {pid} outlived the killed run"
-
-
-def gone_soon(pid: int, timeout: float = 10) -> bool:
-    """Whether `pid` exits (or is a zombie nobody reaps) within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
+        assert process_gone(pid), f"process {pid} outlived the killed run"

@@ -27,6 +27,8 @@ from mlscore.accelerators.opencl.device import choose_device
 from mlscore.accelerators.opencl.toolchain import CompilerFailed, Origin
 from mlscore.accelerators.opencl.verify import required_launches
 
+from conftest import process_gone
+
 pytestmark = pytest.mark.skipif(not opencl.devices(), reason="no OpenCL device on this machine "
                                 "(pip install 'pyopencl[pocl]' gives a CPU one)")
 
@@ -614,22 +616,9 @@ time.sleep(120)
     assert "did not finish within 4 s (MLSCORE_OPENCL_BUILD_TIMEOUT)" in str(raised.value)
     assert str(raised.value).endswith("the compiler's last lines: llvm_workgroup_ir_func_gen still running")
     for pid in map(int, pids.read_text().split()):
-        assert dies_soon(pid), f"process {pid} still runs"
+        assert process_gone(pid), f"process {pid} still runs"
     assert not list(own_cache.glob("*.failed"))  # a time limit is no verdict on the compiler: tried again next time
 
-
-def dies_soon(pid: int, timeout: float = 10) -> bool:
-    """Whether process `pid` is gone (or a zombie: killed, not reaped) within `timeout` seconds: a
-    SIGKILLed process still runs its exit for a moment."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_verified_binary_is_cached_per_origin_and_its_own_bytes_need_no_second_check(
