@@ -44,7 +44,8 @@ _SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{1,30}[a-z0-9]")
 _SERVICE_NAME_RULE = (
     "3 to 32 lowercase letters, digits or '-', starting with a letter and ending with a letter or digit"
 )
-_VERSION = re.compile(r"[1-9][0-9]*")
+_VERSION = re.compile(r"[1-9][0-9]{0,18}")  # the length bound keeps int() of a huge string cheap
+MAX_VERSION = (1 << 63) - 1  # SQLite's largest INTEGER
 _CHUNK_BYTES = 1 << 20
 
 
@@ -126,9 +127,10 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     if not isinstance(ref, str):
         raise RegistryError(f"invalid model reference {ref!r}: expected a string NAME or NAME:VERSION")
     name, colon, version = ref.partition(":")
-    if colon and not _VERSION.fullmatch(version):
+    if colon and not (_VERSION.fullmatch(version) and int(version) <= MAX_VERSION):
         raise RegistryError(
-            f"invalid model reference {ref!r}: expected NAME or NAME:VERSION, VERSION a whole number from 1"
+            f"invalid model reference {ref!r}: expected NAME or NAME:VERSION, VERSION a whole number from 1 "
+            f"to {MAX_VERSION}"
         )
     return check_model_name(name), int(version) if colon else None
 

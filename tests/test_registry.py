@@ -313,7 +313,8 @@ def test_a_name_differing_from_a_registered_one_only_in_case_is_refused(registry
     assert registry.register("Digits", source).ref == "Digits:1"
 
 
-@pytest.mark.parametrize("ref", ["m:", "m:0", "m:-1", "m:latest", "m:1:2", "m:01"])
+@pytest.mark.parametrize("ref", ["m:", "m:0", "m:-1", "m:latest", "m:1:2", "m:01", "m:9223372036854775808",
+                                 "m:99999999999999999999999", "m:" + "9" * 5000])
 def test_invalid_references_are_rejected_naming_the_forms(registry, ref):
     with pytest.raises(RegistryError, match="expected NAME or NAME:VERSION, VERSION a whole number from 1"):
         registry.get(ref)
@@ -605,6 +606,9 @@ def test_cli_errors_exit_1_with_one_line_on_stderr(root, tmp_path, capsys):
         (["delete", "digits", *registry],
          "mlscore: error: 'digits' names a model, not a version: give digits:VERSION"),
         (["delete", "digits:1", "--all-versions", *registry], "mlscore: error: --all-versions deletes every version"),
+        # past SQLite's INTEGER: was an OverflowError traceback (issue 16, item 8)
+        (["show", "digits:99999999999999999999999", *registry], "mlscore: error: invalid model reference"),
+        (["delete", "digits:99999999999999999999999", *registry], "mlscore: error: invalid model reference"),
     ]
     for argv, start in cases:
         assert run_cli(*argv) == 1
