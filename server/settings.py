@@ -114,7 +114,12 @@ def _items(value: Any) -> list[str]:
 
 
 def _keys(label: str, value: Any) -> tuple[str, ...]:
-    keys = tuple(item for item in _items(value) if item)
+    """The auth keys given. A blank one is refused rather than skipped: `--auth-key ""` (an unset
+    variable in a script) would otherwise start the server with authentication silently off."""
+    keys = tuple(_items(value))
+    if not all(keys):
+        raise SettingsError(f"{label}: a key is empty or blank, which would turn authentication off; give the "
+                            "key, or leave the setting out to serve without keys")
     if len(keys) > MAX_KEYS:
         raise SettingsError(f"{label}: at most two keys (primary, secondary), got {len(keys)}")
     return keys

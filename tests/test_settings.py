@@ -67,6 +67,19 @@ def test_bad_values_name_the_setting_and_what_is_allowed(cli, message):
         Settings.build(cli, environ={})
 
 
+@pytest.mark.parametrize(("cli", "environ", "label"), [
+    ({"auth_key": [""]}, {}, "--auth-key"),
+    ({"auth_key": ["   "]}, {}, "--auth-key"),
+    ({"auth_key": ["good-key", ""]}, {}, "--auth-key"),
+    ({}, {"MLSCORE_AUTH_KEYS": " "}, "MLSCORE_AUTH_KEYS"),
+    ({}, {"MLSCORE_AUTH_KEYS": "good-key,"}, "MLSCORE_AUTH_KEYS"),
+])
+def test_a_blank_auth_key_is_refused_rather_than_turning_auth_off(cli, environ, label):
+    """Issue 16, item 2: `--auth-key ""` started with 0 keys and answered /score without one."""
+    with pytest.raises(SettingsError, match=f"^{label}: a key is empty or blank, which would turn authentication off"):
+        Settings.build(cli, environ=environ)
+
+
 def test_unreadable_config_file_is_named(tmp_path):
     broken = tmp_path / "bad.json"
     broken.write_text("{nope")
