@@ -340,7 +340,12 @@ class Server(uvicorn.Server):
         logger.info("stopping: finishing %d in-flight request(s) (%d scoring, %d queued), grace period %g s",
                     self._open_requests(), admission.in_use, admission.queued,
                     self.config.timeout_graceful_shutdown)
+        drain_started = time.monotonic()
         await self._drain(sockets)
+        if self.config.timeout_graceful_shutdown is not None:
+            # The drain is part of the grace period, not added in front of it: the whole stop fits.
+            left = self.config.timeout_graceful_shutdown - (time.monotonic() - drain_started)
+            self.config.timeout_graceful_shutdown = max(0.001, left)  # type: ignore[assignment]  # any number works
         await super().shutdown(sockets=sockets)
         self._close_health()  # probes are answered ("stopping") until the scoring side is done
         if self.cut_off:

@@ -91,6 +91,29 @@ def test_grace_period_shorter_than_the_work_cuts_it_off_and_exits_0_on_time(tmp_
     assert "stopped: the grace period ran out; 1 request(s) were cut off" in server.log()
 
 
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_the_whole_stop_fits_in_the_grace_period_drain_included(tmp_path, executor):
+    """Issue 16, item 7: with --graceful-timeout 3 the cut-off came 4.1 s after SIGTERM (the 1 s drain
+    ran before the grace period instead of inside it)."""
+    grace = 2.0
+    server = sleepy_server(tmp_path, executor, "--graceful-timeout", str(grace))
+    release = tmp_path / "release"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(post, server.url, 20000, "long", until=release)
+            wait_until(lambda: "long" in called(tmp_path))
+            stopped_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            cut_off = running.result()
+            answered_after = time.monotonic() - stopped_at
+            assert cut_off.status_code == 503 and "grace period ran out" in cut_off.json()["message"]
+            assert grace - 0.1 <= answered_after < grace + 0.9, answered_after  # drain added: at least grace + 1
+            assert server.process.wait(timeout=15) == 0
+    finally:
+        release.touch()
+        server.stop()
+
+
 def test_stop_signal_to_the_whole_process_group_still_finishes_the_running_request(tmp_path):
     server = sleepy_server(tmp_path, "processes")
     release = tmp_path / "release"
