@@ -33,7 +33,14 @@ from mlscore.deploy.configs import (
     to_settings_env,
 )
 from mlscore.deploy.local import LocalService, LocalServiceError
-from mlscore.deploy.registry import ModelVersion, Registry, RegistryError, Service
+from mlscore.deploy.registry import (  # the rule record_service enforces, checked here before any disk work
+    _SERVICE_NAME,
+    _SERVICE_NAME_RULE,
+    ModelVersion,
+    Registry,
+    RegistryError,
+    Service,
+)
 from mlscore.server.settings import TlsError, tls_context
 
 Progress = Callable[[str], None]
@@ -77,6 +84,7 @@ class Deployed:
 def deploy(registry: Registry, name: str, models: Sequence[str], inference: InferenceConfig,
            deployment: DeploymentConfig, output: Path | None = None, progress: Progress = print) -> Deployed:
     """Deploy a new service; an existing service of that name is an error (update it, or delete it)."""
+    check_service_name(name)
     if _exists(registry, name):
         raise DeployError(f"service {name!r} exists already: update it (mlscore service update {name} …) or "
                           f"delete it first")
@@ -153,6 +161,7 @@ def regenerate_key(registry: Registry, name: str, which: str, progress: Progress
 
 
 def get(registry: Registry, name: str) -> Deployed:
+    check_service_name(name)
     try:
         record = registry.get_service(name)
     except RegistryError as error:
@@ -231,7 +240,7 @@ def _server_env(name: str, inference: InferenceConfig, deployment: DeploymentCon
 def _run_local(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,
                deployment: LocalConfig, keys: Keys | None, progress: Progress,
                previous: Deployed | None) -> dict[str, Any]:
-    folder = registry.root / "services" / name
+    folder = service_folder(registry, "services", name)
     service = LocalService(folder)
     args = serve_args(inference)
     env = _server_env(name, inference, deployment, keys, str(folder / DATA_COLLECTION_DIR))
@@ -268,7 +277,7 @@ def _run_container(registry: Registry, name: str, versions: list[ModelVersion], 
                    previous: Deployed | None) -> dict[str, Any]:
     from mlscore.deploy import image
 
-    output = output or registry.root / "build" / name
+    output = output or service_folder(registry, "build", name)
     env = _server_env(name, inference, deployment, keys, str(CONTAINER_DATA_DIR))
     context = _write_context(output, name, inference, versions, env)
     if deployment.ssl_enabled:
@@ -313,7 +322,7 @@ def _run_kubernetes(registry: Registry, name: str, versions: list[ModelVersion],
                     progress: Progress) -> dict[str, Any]:
     from mlscore.deploy import kubernetes
 
-    output = output or registry.root / "build" / name
+    output = output or service_folder(registry, "build", name)
     context = _write_context(output / "image", name, inference, versions, {})
     manifests = kubernetes.render_manifests(name, deployment, inference, context.image, versions, keys)
     written = kubernetes.write_manifests(manifests, output / "manifests")
@@ -337,6 +346,25 @@ def _write_context(output: Path, name: str, inference: InferenceConfig, versions
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+
+def check_service_name(name: object) -> str:
+    """`name` when it is a valid service name, else DeployError naming it and the rule. Every entry
+    point (deploy, and `get` under update, delete, keys and logs) checks here before it touches the
+    disk: the name becomes a folder under the registry, a container's name and a Kubernetes label."""
+    if not isinstance(name, str) or not _SERVICE_NAME.fullmatch(name):
+        raise DeployError(f"invalid service name {name!r}: use {_SERVICE_NAME_RULE}")
+    return name
+
+
+def service_folder(registry: Registry, kind: str, name: str) -> Path:
+    """`<registry>/<kind>/<name>`, refused unless it is a folder directly inside `<registry>/<kind>`:
+    a second guard behind the name's rule, so no name can reach outside the registry."""
+    folder = registry.root / kind / check_service_name(name)
+    parent = (registry.root / kind).resolve()
+    if folder.resolve().parent != parent:
+        raise DeployError(f"service {name!r}: its folder {folder} would lie outside {parent}")
+    return folder
 
 
 def model_versions(registry: Registry, refs: Sequence[str]) -> list[ModelVersion]:
