@@ -13,6 +13,7 @@ PID keep replicas and overlapping servers sharing a volume apart). The newest is
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import os
 import queue
@@ -154,19 +155,37 @@ class DataCollector:
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
     def _write_batch(self, lines: list[bytes]) -> None:
-        written = 0
+        """Each record goes to the file whole or not at all, and is counted either way: written, or
+        dropped with the rest of its batch when a write fails (a full disk)."""
+        for index, line in enumerate(lines):
+            try:
+                self._append(line)
+            except OSError as error:
+                self._failed(error, len(lines) - index)
+                return
+            self.written += 1
+
+    def _append(self, line: bytes) -> None:
+        """One record, written unbuffered (so a record counted as written is in the file). A write cut
+        short is taken back, so no half line is left for a reader to choke on; should that fail too,
+        the file is closed and the next record starts a new one."""
+        file = self._file_for(len(line))
+        start = file.tell()
+        done = 0
         try:
-            for line in lines:
-                file = self._file_for(len(line))
-                file.write(line)
-                self._file_size += len(line)
-                written += 1
-            if self._file is not None:
-                self._file.flush()
-        except OSError as error:
-            self._failed(error, len(lines) - written)
-            return
-        self.written += written
+            while done < len(line):
+                count = file.write(memoryview(line)[done:])
+                if not count:
+                    raise OSError(errno.EIO, "the file took none of the record")
+                done += count
+        except OSError:
+            if done:
+                try:
+                    file.truncate(start)
+                except OSError:
+                    self._close_file()
+            raise
+        self._file_size += len(line)
 
     def _file_for(self, size: int) -> BinaryIO:
         now = time.monotonic()
@@ -179,7 +198,7 @@ class DataCollector:
             folder = self.folder / time.strftime("%Y/%m/%d", stamp)
             folder.mkdir(parents=True, exist_ok=True)
             name = f"data-{time.strftime('%Y%m%dT%H%M%SZ', stamp)}-{self._stem}-{self._files}.jsonl"
-            self._file = open(folder / name, "ab")
+            self._file = open(folder / name, "ab", buffering=0)
             self._file_size, self._file_opened = 0, now
         return self._file
 
@@ -193,14 +212,10 @@ class DataCollector:
             self._failed(error, 0)
 
     def _failed(self, error: OSError, lost: int) -> None:
-        """Records that could not be written are dropped and counted; the file is reopened next time."""
+        """Records that could not be written are dropped and counted. The file stays open (nothing torn
+        is in it): the next batch tries it again, rather than leaving an empty file per try on a full
+        disk."""
         self.dropped_error += lost
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
         now = time.monotonic()
         if now - self._last_error >= ERROR_REPORT_S:
             self._last_error = now
