@@ -116,6 +116,14 @@ def default_root() -> Path:
     return Path(os.environ.get(HOME_ENV) or DEFAULT_ROOT).expanduser()
 
 
+def check_service_name(name: object) -> str:
+    """`name` when it is a valid service name, else RegistryError naming it and the rule: the name
+    becomes a folder under the registry, a container's name and a Kubernetes label."""
+    if not isinstance(name, str) or not _SERVICE_NAME.fullmatch(name):
+        raise RegistryError(f"invalid service name {name!r}: use {_SERVICE_NAME_RULE}")
+    return name
+
+
 def check_model_name(name: str) -> str:
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise RegistryError(f"invalid model name {name!r}: use {_MODEL_NAME_RULE}")
@@ -313,8 +321,7 @@ class Registry:
 
         While a service uses a version, deleting that version is refused.
         """
-        if not isinstance(name, str) or not _SERVICE_NAME.fullmatch(name):
-            raise RegistryError(f"invalid service name {name!r}: use {_SERVICE_NAME_RULE}")
+        check_service_name(name)
         for label, value in (("compute_type", compute_type), ("state", state)):
             if not isinstance(value, str) or not value.strip():
                 raise RegistryError(f"invalid {label} {value!r} for service {name!r}: a non-blank string")

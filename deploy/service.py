@@ -33,9 +33,8 @@ from mlscore.deploy.configs import (
     to_settings_env,
 )
 from mlscore.deploy.local import LocalService, LocalServiceError
-from mlscore.deploy.registry import (  # the rule record_service enforces, checked here before any disk work
-    _SERVICE_NAME,
-    _SERVICE_NAME_RULE,
+from mlscore.deploy.registry import check_service_name as service_name_rule
+from mlscore.deploy.registry import (
     ModelVersion,
     Registry,
     RegistryError,
@@ -351,10 +350,11 @@ def _write_context(output: Path, name: str, inference: InferenceConfig, versions
 def check_service_name(name: object) -> str:
     """`name` when it is a valid service name, else DeployError naming it and the rule. Every entry
     point (deploy, and `get` under update, delete, keys and logs) checks here before it touches the
-    disk: the name becomes a folder under the registry, a container's name and a Kubernetes label."""
-    if not isinstance(name, str) or not _SERVICE_NAME.fullmatch(name):
-        raise DeployError(f"invalid service name {name!r}: use {_SERVICE_NAME_RULE}")
-    return name
+    disk (the registry's rule, which record_service enforces too)."""
+    try:
+        return service_name_rule(name)
+    except RegistryError as error:
+        raise DeployError(str(error)) from None
 
 
 def service_folder(registry: Registry, kind: str, name: str) -> Path:
