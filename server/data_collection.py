@@ -182,6 +182,7 @@ class DataCollector:
             if done:
                 try:
                     file.truncate(start)
+                    file.seek(start)  # truncate leaves the position past the end, where tell() would read it
                 except OSError:
                     self._close_file()
             raise
