@@ -3,10 +3,12 @@ a request's headers without bound and uvicorn times out only idle kept-alive con
 client could hold a connection (and memory) by sending slowly or without end. Here the headers are
 bounded in size (431) and in time (408), a body that stops arriving closes its connection, a new
 connection that sends nothing is closed like an idle kept-alive one, and connections past a
-bound have their request answered 503.
+bound have their request answered 503. Each request on a connection, pipelined or not, is held to
+these limits on its own, and a refused request is answered after the requests before it.
 
 The checks cost nothing on a request that arrives in one read: the timers are armed only when a
-request is split across reads.
+request is split across reads, and headers are counted one by one only when a read is longer than
+their limit.
 
 The scoring POSTs take a shorter way than ASGI (a `DirectHandler`, the app's ScoreFirst): the
 connection hands the handler the request once its body is in, and the handler answers it, from a
@@ -118,8 +120,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_bytes = 0  # bytes received since the last request's headers ended (an upper bound)
+        self._in_head = False  # between a request's first byte and the end of its headers
         self._in_body = False  # between a request's headers and its end
+        self._read_bytes = 0  # the length of the read being parsed
+        self._read_at_start = False  # no request has begun yet in that read, and none was under way before it
+        self._head_bytes = 0  # the reads the request's line and headers came in (an upper bound)
+        self._head_shared = 0  # of those, the bytes of its first read when an earlier request came in it too
+        self._refusal: bytes | None = None  # the answer to a refused request, once the earlier ones are answered
         self._last_body_at = 0.0
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -152,38 +159,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._in_body:
-            self._header_bytes += len(data)
+        self._read_bytes = len(data)
+        self._read_at_start = not (self._in_head or self._in_body)
+        if self._in_head:
+            self._head_bytes += len(data)
         super().data_received(data)
-        if self._refused or self._in_body:
-            if self._in_body and self._body_timer is None and not self._refused:
+        if self._refused:
+            return
+        if self._in_body:
+            if self._body_timer is None:
                 self._last_body_at = self.loop.time()
                 self._body_timer = self.loop.call_later(self.body_timeout, self._body_stalled)
             return
-        if self._header_bytes > self.max_header_bytes:
+        if not self._in_head:
+            return
+        if self._head_bytes > self.max_header_bytes and self._head_bytes_at_least() > self.max_header_bytes:
             self._refuse(431, f"The request line and headers are over the limit of {self.max_header_bytes} bytes.")
-        elif self._header_bytes and self._header_timer is None:
+        elif self._header_timer is None:  # the clock starts with the read that brought the request's first byte
             self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
 
     def on_message_begin(self) -> None:
         # uvicorn builds the request's ASGI scope here; it is built in on_headers_complete instead,
         # only for a request that goes the ASGI way.
-        if not self._refused:
-            self.url = b""
-            self.expect_100_continue = False
-            self.headers = []
+        if self._refused:
+            return
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._in_head = True
+        # The whole read counts toward the request's headers (exact when the request opens the read);
+        # when an earlier request came in it too, that count is checked against the headers themselves.
+        self._head_bytes = self._read_bytes
+        self._head_shared = 0 if self._read_at_start else self._read_bytes
+        self._read_at_start = False
 
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        if self._header_bytes > self.max_header_bytes and self._exact_header_bytes() > self.max_header_bytes:
+        if self._head_bytes > self.max_header_bytes and self._exact_header_bytes() > self.max_header_bytes:
             self._refuse(431, f"The request line and headers are over the limit of {self.max_header_bytes} bytes.")
             return
         if self._over_limit:
             self._refuse(503, f"Too many open connections (the limit is {self.max_connections}); retry later.",
                          [(b"retry-after", b"1")])
             return
-        self._header_bytes = 0
+        self._in_head = False
         self._in_body = True
         if self._header_timer is not None:
             self._header_timer.cancel()
@@ -295,13 +315,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._start_asgi_task(cycle, response)
 
     def _exact_header_bytes(self) -> int:
-        """The request line and headers, counted when a read held more than the limit: that read
-        may have carried a body too."""
+        """The request line and headers parsed so far, counted when their reads held more than the
+        limit: those reads may have carried a body or another request too."""
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _head_bytes_at_least(self) -> int:
+        """What surely belongs to the headers still arriving: every read after the first, the first too
+        when the request opened it, and in any case the headers parsed so far."""
+        return max(self._head_bytes - self._head_shared, self._exact_header_bytes())
 
     def _headers_late(self) -> None:
         self._header_timer = None
-        if self._in_body or self._refused or not self._header_bytes:
+        if not self._in_head or self._refused:
+            return
+        if self.flow.read_paused:
+            # Reading is paused while earlier requests are answered: the client is not to blame.
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
             return
         self._refuse(408, f"The request headers did not arrive within {self.header_timeout:g} seconds.")
 
@@ -319,19 +348,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(408, f"The request body stopped arriving for {self.body_timeout:g} seconds.")
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._in_head:  # a request's headers are arriving: the header timer runs, not the idle one
+            self._unset_keepalive_if_required()
+        if self._refusal is not None and not self.transport.is_closing() and not self._earlier_pending():
+            self.transport.write(self._refusal)
+            self.transport.close()
+
+    def _earlier_pending(self) -> bool:
+        """Requests before the one whose headers are being read still wait for their answers."""
+        return (self.cycle is not None and not self.cycle.response_complete) or bool(self.pipeline)
+
     def _refuse(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Answer `status` (unless a response is under way on this connection) and close it."""
+        """Answer `status` and close the connection. A request refused in its headers is answered
+        after the requests before it; one refused in its body, unless its response is under way."""
         self._refused = True
         self._cancel_timers()
         logger.debug("closing a connection from %s: %s", self.client, message)
         if self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
-            body = orjson.dumps({"message": message})
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), b"content-type: application/json\r\n",
-                    b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
-            head.extend(b"%s: %s\r\n" % pair for pair in headers or ())
-            self.transport.write(b"".join([*head, b"\r\n", body]))
+        body = orjson.dumps({"message": message})
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
+        head.extend(b"%s: %s\r\n" % pair for pair in headers or ())
+        answer = b"".join([*head, b"\r\n", body])
+        if self._in_head and self._earlier_pending():
+            self._refusal = answer  # written by on_response_complete, after the last earlier answer
+            return
+        if self._in_head or self.cycle is None or not self.cycle.response_started:
+            self.transport.write(answer)
         self.transport.close()
 
     def _cancel_timers(self) -> None:
@@ -369,7 +415,7 @@ def fallback_limits(http: type[GuardedHttpToolsProtocol] | str, max_connections:
 # their public surface: methods it overrides or calls, attributes it reads on a connection.
 _METHODS = ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_url", "on_headers_complete",
             "on_body", "on_message_complete", "on_response_complete", "timeout_keep_alive_handler",
-            "_start_asgi_task")
+            "_unset_keepalive_if_required", "_start_asgi_task")
 _ATTRIBUTES = ("connections", "timeout_keep_alive", "timeout_keep_alive_task", "loop", "expect_100_continue",
                "headers", "scope", "parser", "cycle", "pipeline", "transport", "server_state", "flow", "logger",
                "access_logger", "access_log", "client")
