@@ -3,8 +3,9 @@
 Every record goes through a bounded queue to a writer thread, so a slow or stalled stream never
 holds up the event loop, nor run(): when the queue is full a record is dropped and counted
 (`mlscore_log_records_dropped_total`). What entry scripts print or log becomes log lines tagged
-with the id of the request being scored. The access log (a line per request) takes a shorter way
-into the same queue: a tuple, no LogRecord, nothing formatted on the event loop.
+with the id of the request being scored. The access log (a line per request) and what scripts print
+take a shorter way into the same queue: a tuple, no LogRecord, nothing formatted where it is written.
+A worker process writes its own lines and tells the front how many it dropped (`worker_dropped`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ PAUSE_S = 0.01
 CHUNK = getattr(select, "PIPE_BUF", 4096)
 LINE_LIMIT = 16_384  # characters of a script's output without a newline that make a line anyway
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(tag)s%(message)s"
+# A worker's drops are always counted; the front warns about them at most this often.
+DROP_WARNING_INTERVAL_S = 10.0
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _STOP = object()
 # Attributes every LogRecord has; any other is an `extra=` field, which JSON lines carry.
@@ -195,9 +198,12 @@ class TextFormatter(logging.Formatter):
 
 
 def render_text(formatter: TextFormatter) -> Callable[[Any], bytes]:
+    pid = os.getpid()
+
     def render(item: Any) -> bytes:
         if type(item) is tuple:
-            return (_access_text(item) + "\n").encode("utf-8", "backslashreplace")
+            text = _script_text(item, pid) if len(item) == SCRIPT_LINE_FIELDS else _access_text(item)
+            return (text + "\n").encode("utf-8", "backslashreplace")
         return (formatter.format(item) + "\n").encode("utf-8", "backslashreplace")
 
     return render
@@ -209,8 +215,12 @@ def _local_second(second: int) -> str:
 
 
 def render_json(formatter: logging.Formatter) -> Callable[[Any], bytes]:
+    pid = os.getpid()
+
     def render(item: Any) -> bytes:
         if type(item) is tuple:
+            if len(item) == SCRIPT_LINE_FIELDS:
+                return orjson.dumps(_script_fields(item, pid), option=_JSON_OPTIONS)
             return orjson.dumps(_access_fields(item), option=_JSON_OPTIONS)
         line: dict[str, Any] = {"ts": iso_utc(item.created), "level": item.levelname, "logger": item.name,
                                 "message": item.getMessage(), "pid": item.process}
@@ -303,23 +313,57 @@ class _Fallback:
 
 # --- entry scripts' output -------------------------------------------------------------------------------
 
+# A line a script printed, as queued: (time.time(), logger name, level, request id or None, text).
+SCRIPT_LINE_FIELDS = 5
+
+
+def _script_fields(line: tuple[float, str, int, str | None, str], pid: int) -> dict[str, Any]:
+    created, name, level, request_id, text = line
+    fields: dict[str, Any] = {"ts": iso_utc(created), "level": logging.getLevelName(level), "logger": name,
+                              "message": text, "pid": pid}
+    if request_id:
+        fields["request_id"] = request_id
+    return fields
+
+
+def _script_text(line: tuple[float, str, int, str | None, str], pid: int) -> str:
+    """The line TEXT_FORMAT would make of the record logging would have made."""
+    created, name, level, request_id, text = line
+    second = int(created)
+    tag = f"[{request_id}] " if request_id else ""
+    return (f"{_local_second(second)},{int((created - second) * 1000):03d} {logging.getLevelName(level)} "
+            f"[{pid}] {name}: {tag}{text}")
+
+
+class _ThreadOutput(threading.local):
+    """A thread's unfinished line, and whether it is inside logging (class defaults: no per-write
+    lookup that fails)."""
+
+    pending = ""
+    busy = False
+
 
 class ScriptOutput(io.TextIOBase):
     """sys.stdout or sys.stderr in a process that runs entry scripts: each line written becomes a log
-    record (logger `stdout` at INFO, `stderr` at WARNING), tagged with the request being scored."""
+    record (logger `stdout` at INFO, `stderr` at WARNING), tagged with the request being scored.
+    Given the process's log queue, a line goes straight onto it as a tuple: a print() in run() then
+    costs a few microseconds, never waits for the writer, and is dropped and counted when the queue
+    is full."""
 
-    def __init__(self, name: str, level: int, original: TextIO) -> None:
+    def __init__(self, name: str, level: int, original: TextIO, records: LogQueue | None = None) -> None:
         super().__init__()
+        self._name = name
         self._logger = logging.getLogger(name)
         self._level = level
+        self._records = records
         self.original = original
-        self._local = threading.local()  # each thread's unfinished line, and whether it is inside write()
+        self._local = _ThreadOutput()
 
     def write(self, text: str) -> int:
         local = self._local
-        if getattr(local, "busy", False):  # logging itself wrote here (an error report): no loop
+        if local.busy:  # logging itself wrote here (an error report): no loop
             return self.original.write(text)
-        pending = getattr(local, "pending", "") + text
+        pending = local.pending + text
         if "\n" not in text and len(pending) < LINE_LIMIT:
             local.pending = pending
             return len(text)
@@ -332,12 +376,26 @@ class ScriptOutput(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        pending = getattr(self._local, "pending", "")
-        if pending and not getattr(self._local, "busy", False):
+        pending = self._local.pending
+        if pending and not self._local.busy:
             self._local.pending = ""
             self._emit([pending])
 
     def _emit(self, lines: list[str]) -> None:
+        if self._records is None:
+            self._log(lines)
+            return
+        if not self._logger.isEnabledFor(self._level):
+            return
+        created = time.time()
+        request_id = current_request_id()
+        put = self._records.put
+        for line in lines:
+            line = line.rstrip("\r")
+            if line.strip():
+                put((created, self._name, self._level, request_id, line))
+
+    def _log(self, lines: list[str]) -> None:
         self._local.busy = True
         try:
             for line in lines:
@@ -392,14 +450,50 @@ def configure(level: int, log_format: str = "text") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
-    sys.stdout = ScriptOutput("stdout", logging.INFO, stdout)
-    sys.stderr = ScriptOutput("stderr", logging.WARNING, stderr)
+    sys.stdout = ScriptOutput("stdout", logging.INFO, stdout, records)
+    sys.stderr = ScriptOutput("stderr", logging.WARNING, stderr, records)
     _records = records
 
 
-def dropped() -> int:
-    """Log records dropped in this process because the writer fell behind."""
+def dropped_here() -> int:
+    """Log records dropped in this process because its writer fell behind."""
     return _records.dropped if _records is not None else 0
+
+
+def dropped() -> int:
+    """Log records dropped by this process and by the workers that reported to it."""
+    return dropped_here() + _worker_drops.total
+
+
+class WorkerDrops:
+    """The front's count of log records its workers dropped, and its warning about them: at most one
+    per DROP_WARNING_INTERVAL_S, saying how many were dropped since the one before."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._unreported = 0
+        self._warned_at = -DROP_WARNING_INTERVAL_S
+
+    def add(self, pid: int, count: int) -> None:
+        self.total += count
+        self._unreported += count
+        now = time.monotonic()
+        if now - self._warned_at < DROP_WARNING_INTERVAL_S:
+            return
+        self._warned_at = now
+        logging.getLogger("mlscore.server").warning(
+            "%d log line(s) of scoring workers (the last from worker %d) were dropped because a worker's log "
+            "writer fell behind (more than %d lines waiting); counted in mlscore_log_records_dropped_total",
+            self._unreported, pid, QUEUE_LIMIT)
+        self._unreported = 0
+
+
+_worker_drops = WorkerDrops()
+
+
+def worker_dropped(pid: int, count: int) -> None:
+    """A worker reported `count` more log records dropped (the front's side)."""
+    _worker_drops.add(pid, count)
 
 
 def _unwrapped(stream: TextIO) -> TextIO:

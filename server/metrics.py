@@ -128,4 +128,4 @@ class _Tallies:
         yield CounterMetricFamily("mlscore_data_collection_written", "Data-collection records written.",
                                   value=collector.written if collector else 0)
         yield CounterMetricFamily("mlscore_log_records_dropped", "Log records dropped because the log writer fell "
-                                  "behind (front process).", value=logs.dropped())
+                                  "behind (the front's and its workers').", value=logs.dropped())

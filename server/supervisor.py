@@ -22,9 +22,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+import orjson
+
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import error_response
+from mlscore.server import logs
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket, queue_timeout
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
@@ -78,7 +81,10 @@ class WorkerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for frame in self._buffer.feed(data):
-            if frame.status == CONTROL or not self.calls:
+            if frame.status == CONTROL:
+                self._control(frame.body)
+                continue
+            if not self.calls:
                 continue
             call = self.calls[0]
             if frame.status == CHUNK and call.stream is not None:
@@ -101,6 +107,11 @@ class WorkerConnection(asyncio.Protocol):
             else:
                 self.calls.popleft()
                 self._executor._answered(self._worker, call, frame.response())
+
+    def _control(self, body: bytes) -> None:
+        message = orjson.loads(body)
+        if message.get("log_dropped"):
+            logs.worker_dropped(self._worker.pid, message["log_dropped"])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._executor._lost(self._worker)

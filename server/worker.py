@@ -11,6 +11,7 @@ response bodies cross as they are, never pickled or re-encoded.
 The front may send a request while the worker is still running the one before (it holds it
 ready). The worker answers every request in order: with the pipeline's response, or with a
 SKIPPED frame when the request was cancelled or its start-by time passed before it could begin.
+Before an answer, a control frame tells the front how many more log records the worker dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import orjson
 from mlscore.scoring import collect
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
+from mlscore.server import logs
 
 REQUEST = struct.Struct("!BIdIII")
 RUN, CANCEL = 0, 1  # request kinds
@@ -133,6 +135,14 @@ class FrameBuffer:
         return frames
 
 
+def report_log_drops(sock: socket.socket, reported: int) -> int:
+    """Tell the front about log records dropped here since the last report; the count reported."""
+    dropped = logs.dropped_here()
+    if dropped > reported:
+        sock.sendall(control_frame({"log_dropped": dropped - reported}))
+    return dropped
+
+
 def read_control_blocking(sock: socket.socket) -> dict[str, Any] | None:
     """The worker's first message (ready, or why init() failed); None if it died first."""
     stream = sock.makefile("rb")
@@ -218,6 +228,7 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
     gc.freeze()
     sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up_error}))
     reader = RequestReader(sock)
+    reported_drops = 0
     while not reader.closed:
         # Block only with nothing to run; otherwise pick up what arrived (a cancel, above all).
         reader.read(block=not reader.pending)
@@ -230,6 +241,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
         elif start_by and start_by < time.time():
             sock.sendall(SKIPPED_FRAME)
         else:
-            send_response(sock, pipeline.handle(request))
+            response = pipeline.handle(request)
+            # Before the answer, so that the front has counted them when the client hears back.
+            reported_drops = report_log_drops(sock, reported_drops)
+            send_response(sock, response)
         if reader.cancelled:  # a cancel that came too late names a request already answered
             reader.cancelled = {cancelled for cancelled in reader.cancelled if cancelled > sequence}
