@@ -69,14 +69,7 @@ class ServerState:
 
 
 def _health_routes(routes: Routes) -> list[Route]:
-    health = ["GET", "HEAD"]
-    return [
-        Route("/", routes.healthy, methods=health),
-        Route("/health/live", routes.live, methods=health),
-        Route("/health/ready", routes.ready, methods=health),
-        Route("/v2/health/live", routes.live, methods=health),
-        Route("/v2/health/ready", routes.ready, methods=health),
-    ]
+    return [Route(path, getattr(routes, answer), methods=["GET", "HEAD"]) for path, answer in HEALTH_ROUTES.items()]
 
 
 def create_health_app(state: ServerState) -> ASGIApp:
@@ -260,7 +253,9 @@ def _stopped() -> Response:
                       "ran out).", [(b"retry-after", b"1")])
 
 
-HEALTH_ROUTES = ("/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready")
+# The health routes (on the main port and the health port), with the Routes method that answers each.
+HEALTH_ROUTES = {"/": "healthy", "/health/live": "live", "/health/ready": "ready", "/v2/health/live": "live",
+                 "/v2/health/ready": "ready"}
 # Probes and scrapes: counted in the metrics, but left out of the access log, where they would be most lines.
 QUIET_ROUTES = frozenset({*HEALTH_ROUTES, "/metrics"})
 KNOWN_ROUTES = frozenset({*HEALTH_ROUTES, "/swagger.json", "/metrics", "/v2"})

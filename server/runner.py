@@ -93,17 +93,16 @@ def start(settings: Settings) -> Started:
         raise StartupError("nothing to serve: pass --entry-script PATH (or set AZUREML_ENTRY_SCRIPT), or "
                            "--model MODEL.onnx", EXIT_BAD_SETTINGS)
     sockets = inherited(settings.listen_fds) if settings.listen_fds else [bind(settings.host, settings.port)]
+    health: list[socket.socket] = []
     try:
         if settings.health_port is not None:
-            sockets.append(bind(settings.host, settings.health_port))
+            health.append(bind(settings.host, settings.health_port))
         state, pipeline = prepare_state(settings)
     except BaseException:
-        for sock in sockets:
+        for sock in (*sockets, *health):
             sock.close()
         raise
-    if settings.health_port is not None:
-        return Started(state, sockets[:-1], pipeline, sockets[-1:])
-    return Started(state, sockets, pipeline)
+    return Started(state, sockets, pipeline, health)
 
 
 def inherited(fds: tuple[int, ...]) -> list[socket.socket]:

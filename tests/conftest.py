@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import httpx
 import pytest
@@ -96,6 +96,25 @@ def dies_with_tests() -> Callable[[], None] | None:
 
     return set_parent_death_signal
 
+
+def read_response(stream: BinaryIO) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One response: status, headers (lower-case names), body (by Content-Length or chunks)."""
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[bytes, bytes] = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.rstrip(b"\r\n").partition(b": ")
+        assert name.lower() not in headers or name.lower() == b"set-cookie", f"repeated header {name!r}"
+        headers[name.lower()] = value
+    if headers.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while (size := int(stream.readline().strip(), 16)) != 0:
+            body += stream.read(size)
+            stream.readline()
+        stream.readline()
+    else:
+        body = stream.read(int(headers.get(b"content-length", b"0")))
+    return int(status_line.split()[1]), headers, body
 
 def process_gone(pid: int, timeout: float = 10) -> bool:
     """Whether process `pid` is gone (or a zombie: killed, not reaped) within `timeout` seconds: a

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import pytest
 
-from conftest import SCRIPTS, Server, start_server
+from conftest import SCRIPTS, Server, read_response, start_server
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +31,6 @@ def post(body: bytes, *extra: bytes, path: bytes = b"/score", version: bytes = b
     head = [b"POST %s HTTP/%s" % (path, version), b"Host: t", b"Content-Type: text/plain",
             b"Content-Length: %d" % len(body), *extra]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-def read_response(stream: BinaryIO) -> tuple[int, dict[bytes, bytes], bytes]:
-    """One response: status, headers (lower-case names), body (by Content-Length or chunks)."""
-    status_line = stream.readline()
-    assert status_line.startswith(b"HTTP/1.1 "), status_line
-    headers: dict[bytes, bytes] = {}
-    while (line := stream.readline()) not in (b"\r\n", b""):
-        name, _, value = line.rstrip(b"\r\n").partition(b": ")
-        assert name.lower() not in headers or name.lower() == b"set-cookie", f"repeated header {name!r}"
-        headers[name.lower()] = value
-    if headers.get(b"transfer-encoding") == b"chunked":
-        body = b""
-        while (size := int(stream.readline().strip(), 16)) != 0:
-            body += stream.read(size)
-            stream.readline()
-        stream.readline()
-    else:
-        body = stream.read(int(headers.get(b"content-length", b"0")))
-    return int(status_line.split()[1]), headers, body
 
 
 def closed(stream: BinaryIO) -> bool:

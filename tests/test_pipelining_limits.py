@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import BinaryIO
 
 import orjson
 import pytest
 
-from conftest import SCRIPTS, Server, start_server
+from conftest import SCRIPTS, Server, read_response, start_server
 
 HEADER_TIMEOUT = 1.0  # the keep-alive timeout stays at its default (75 s), as in the report
 
@@ -38,16 +37,6 @@ def score(ms: int) -> bytes:
 
 def big_get(header_bytes: int) -> bytes:
     return b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * header_bytes + b"\r\n\r\n"
-
-
-def read_response(stream: BinaryIO) -> tuple[int, dict[bytes, bytes], bytes]:
-    status_line = stream.readline()
-    assert status_line.startswith(b"HTTP/1.1 "), status_line
-    headers: dict[bytes, bytes] = {}
-    while (line := stream.readline()) not in (b"\r\n", b""):
-        name, _, value = line.rstrip(b"\r\n").partition(b": ")
-        headers[name.lower()] = value
-    return int(status_line.split()[1]), headers, stream.read(int(headers.get(b"content-length", b"0")))
 
 
 @pytest.mark.parametrize("header_bytes", [100_000, 200_000])
