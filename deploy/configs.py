@@ -766,6 +766,18 @@ def service_keys(config: DeploymentConfig) -> Keys | None:
     return Keys(given.primary_key or secrets.token_urlsafe(32), given.secondary_key or secrets.token_urlsafe(32))
 
 
+# Of a container's memory, the share its scoring workers may grow into before they are replaced; the rest
+# is the front's and the page cache's.
+WORKER_MEMORY_SHARE = 0.8
+
+
+def worker_rss_bound(memory_mib: float, workers: int) -> int:
+    """The default --worker-max-rss-mb for a container of `memory_mib` with `workers` scoring processes:
+    their share of its memory divided by one more than their number, since a worker being replaced
+    goes on serving while its replacement starts beside it."""
+    return max(1, int(memory_mib * WORKER_MEMORY_SHARE / (workers + 1)))
+
+
 def to_settings_env(deployment: DeploymentConfig, inference: InferenceConfig | None = None,
                     keys: Keys | None = None, data_dir: str = DATA_COLLECTION_DIR) -> dict[str, str]:
     """The server's environment variables these configs imply, for a deploy target to pass to the
@@ -781,6 +793,10 @@ def to_settings_env(deployment: DeploymentConfig, inference: InferenceConfig | N
         env[SERVER_ENV["collect_data"]] = data_dir
     if isinstance(deployment, (AciConfig, AksConfig)) and deployment.app_insights_enabled:
         env[SERVER_ENV["log_format"]] = "json"  # with a line per request: the access log is on with JSON
+    if isinstance(deployment, (AciConfig, AksConfig)):
+        workers = deployment.max_concurrent_requests_per_container if isinstance(deployment, AksConfig) else 1
+        memory_mib = deployment.container_resource_requirements.memory_in_gb * 1024
+        env[SERVER_ENV["worker_max_rss_mb"]] = str(worker_rss_bound(memory_mib, workers))
     if isinstance(deployment, AksConfig):
         env[SERVER_ENV["max_concurrent_requests"]] = str(deployment.max_concurrent_requests_per_container)
         env[SERVER_ENV["max_queue_wait_ms"]] = str(deployment.max_queue_wait_ms)

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--executor", help=f"one of {', '.join(EXECUTORS)} (default processes; inline: run() "
                            "on the event loop, fastest for sub-millisecond run()s, no scoring timeout)")
     admission.add_argument("--workers", help="scoring processes (env WORKER_COUNT; default: the concurrency limit)")
+    admission.add_argument("--worker-max-rss-mb", dest="worker_max_rss_mb", help="replace a scoring process "
+                           "whose resident memory passed this many MiB, after its request; its replacement runs "
+                           "init() first, so no request waits (default: none; images: from memoryInGB)")
+    admission.add_argument("--worker-max-requests", dest="worker_max_requests", help="replace a scoring process "
+                           "after this many requests, plus a random 0 to --worker-max-requests-jitter (default: none)")
+    admission.add_argument("--worker-max-requests-jitter", dest="worker_max_requests_jitter", help="spreads the "
+                           "replacements of processes started together (default: a tenth of --worker-max-requests)")
     devices = serve.add_argument_group("devices")
     devices.add_argument("--device", help="where accelerators.load() runs models: auto (the GPU when a CUDA "
                          "provider works, else the CPU), cpu, gpu or opencl (env MLSCORE_DEVICE; the inference "
@@ -103,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the end of its headers, else 408 (default 10)")
     security.add_argument("--body-timeout", dest="body_timeout", help="longest pause in seconds while a body "
                           "arrives before the connection is closed (default 30)")
+    security.add_argument("--body-min-rate", dest="body_min_rate", help="bytes per second a request body must "
+                          "average: it has --body-timeout seconds plus one more per this many bytes, else 408 "
+                          "(default 500; 0: no bound)")
     security.add_argument("--keep-alive-timeout", dest="keep_alive_timeout", help="seconds an idle connection "
                           "stays open (default 75)")
     security.add_argument("--max-connections", dest="max_connections", help="open connections; more are "

@@ -20,6 +20,8 @@ from mlscore.server import logs
 if TYPE_CHECKING:
     from mlscore.server.app import ServerState
 
+# Why a scoring worker was replaced (the processes executor's `restarts`).
+RESTART_REASONS = ("scoring_timeout", "crash", "max_rss", "max_requests")
 REJECTION_REASONS = ("queue_full", "queue_timeout", "scoring_timeout", "client_disconnect", "worker_died", "not_ready")
 # Latency buckets from 0.5 ms to 60 s: scoring spans sub-millisecond linear models to minute-long ones.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -48,8 +50,6 @@ class Metrics:
             lambda: state.admission.in_use)
         Gauge("mlscore_queue_depth", "Requests waiting for a scoring slot.", registry=self.registry).set_function(
             lambda: state.admission.queued)
-        Gauge("mlscore_worker_restarts", "Scoring workers replaced after a timeout or a crash.",
-              registry=self.registry).set_function(lambda: getattr(state.executor, "restarts", 0))
         self.registry.register(_Tallies(state))
 
     def request(self, route: str, status: int) -> None:
@@ -113,7 +113,8 @@ class _Counts:
 
 class _Tallies:
     """Counters their owners keep as plain integers, off the hot path's locks, read when scraped: data
-    collection's written and dropped records, and log records dropped because the log writer fell behind."""
+    collection's written and dropped records, worker replacements, and log records dropped because the
+    log writer fell behind."""
 
     def __init__(self, state: "ServerState") -> None:
         self._state = state
@@ -127,5 +128,12 @@ class _Tallies:
         yield dropped
         yield CounterMetricFamily("mlscore_data_collection_written", "Data-collection records written.",
                                   value=collector.written if collector else 0)
+        restarts = CounterMetricFamily("mlscore_worker_restarts", "Scoring workers replaced, by reason: past the "
+                                       "scoring timeout, died, past --worker-max-rss-mb or --worker-max-requests.",
+                                       labels=["reason"])
+        counts = getattr(self._state.executor, "restarts", {})
+        for reason in RESTART_REASONS:
+            restarts.add_metric([reason], counts.get(reason, 0))
+        yield restarts
         yield CounterMetricFamily("mlscore_log_records_dropped", "Log records dropped because the log writer fell "
                                   "behind (the front's and its workers').", value=logs.dropped())

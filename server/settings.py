@@ -197,6 +197,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queue_size", "max_queue_size", ("MLSCORE_MAX_QUEUE_SIZE",), None, _integer(0, 1_000_000), 1024),
     Setting("executor", "executor", ("MLSCORE_EXECUTOR",), None, _choice(EXECUTORS), "processes"),
     Setting("workers", "workers", ("WORKER_COUNT",), None, _integer(1, 256)),
+    Setting("worker_max_rss_mb", "worker_max_rss_mb", ("MLSCORE_WORKER_MAX_RSS_MB",), None, _integer(1, 1 << 30)),
+    Setting("worker_max_requests", "worker_max_requests", ("MLSCORE_WORKER_MAX_REQUESTS",), None,
+            _integer(1, 1 << 62)),
+    Setting("worker_max_requests_jitter", "worker_max_requests_jitter", ("MLSCORE_WORKER_MAX_REQUESTS_JITTER",),
+            None, _integer(0, 1 << 62)),
     Setting("graceful_timeout", "graceful_timeout", ("MLSCORE_GRACEFUL_TIMEOUT",), None, _seconds(86_400), 30.0),
     Setting("auth_keys", "auth_key", ("MLSCORE_AUTH_KEYS",), None, _keys, ()),
     Setting("auth_key_file", "auth_key_file", ("MLSCORE_AUTH_KEY_FILE",), None, _path),
@@ -212,6 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
             _integer(1024, 1024 * 1024), 64 * 1024),
     Setting("header_timeout", "header_timeout", ("MLSCORE_HEADER_TIMEOUT",), None, _seconds(3600), 10.0),
     Setting("body_timeout", "body_timeout", ("MLSCORE_BODY_TIMEOUT",), None, _seconds(3600), 30.0),
+    Setting("body_min_rate", "body_min_rate", ("MLSCORE_BODY_MIN_RATE",), None, _integer(0, 1 << 40), 500),
     Setting("keep_alive_timeout", "keep_alive_timeout", ("MLSCORE_KEEP_ALIVE_TIMEOUT",), None, _seconds(3600), 75.0),
     Setting("max_connections", "max_connections", ("MLSCORE_MAX_CONNECTIONS",), None, _integer(1, 1_000_000), 10_000),
     Setting("service_name", None, ("SERVICE_NAME",), None, _text, "ML service"),
@@ -251,6 +257,9 @@ class Settings:
     max_queue_size: int
     executor: str
     workers: int
+    worker_max_rss_mb: int | None  # a worker past this resident memory is replaced after its request
+    worker_max_requests: int | None  # ... or past this many requests (plus up to the jitter)
+    worker_max_requests_jitter: int  # up to this many more requests, at random (default: a tenth of the bound)
     graceful_timeout: float  # seconds a stop waits for accepted requests
     auth_keys: tuple[str, ...]  # from --auth-key, MLSCORE_AUTH_KEYS or, as read at start, the key file
     auth_key_file: Path | None  # re-read while serving when it changes
@@ -264,6 +273,7 @@ class Settings:
     max_header_bytes: int  # request line and headers together
     header_timeout: float  # seconds from a request's first byte to the end of its headers
     body_timeout: float  # longest pause, in seconds, while a request body arrives
+    body_min_rate: int  # bytes per second a body must average after its first body_timeout seconds; 0: no bound
     keep_alive_timeout: float  # seconds an idle connection stays open
     max_connections: int  # open connections; more are answered 503 and closed
     service_name: str
@@ -324,6 +334,7 @@ class Settings:
         elif sources["max_concurrent_requests"] == "default":
             # As on Azure, each worker scores one request at a time: N workers, N requests in run().
             values["max_concurrent_requests"] = values["workers"]
+        _check_recycling(values, sources)
         _check_security(values, sources)
         if values["app_root"] is None:
             values["app_root"] = Path.cwd()
@@ -355,6 +366,22 @@ def _lookup(
     if setting.inference_key and setting.inference_key in inference:
         return f"{setting.inference_key} (inference config)", inference[setting.inference_key]
     return None
+
+
+def _check_recycling(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """Worker recycling needs worker processes: with another executor, a flag asking for it is an error,
+    and the environment's values are left unused (images set a default bound from memoryInGB, whatever
+    executor the inference config's variables choose). The jitter defaults to a tenth of the bound."""
+    names = ("worker_max_rss_mb", "worker_max_requests", "worker_max_requests_jitter")
+    given = [sources[name] for name in names if values[name] is not None and sources[name].startswith("--")]
+    if values["executor"] != "processes":
+        for name in names:
+            values[name] = None
+    if given and values["executor"] != "processes":
+        raise SettingsError(f"{' and '.join(given)}: replace scoring processes, which executor "
+                            f"{values['executor']!r} ({sources['executor']}) does not have; use the processes executor")
+    if values["worker_max_requests_jitter"] is None:
+        values["worker_max_requests_jitter"] = (values["worker_max_requests"] or 0) // 10
 
 
 def _check_security(values: dict[str, Any], sources: Mapping[str, str]) -> None:

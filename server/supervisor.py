@@ -9,6 +9,12 @@ A worker is never left idle between requests: while it runs one, the front may h
 queued requests ready in its socket (more when run() is quick, none when it is slow). They are
 still queued: they get a slot only when the worker reaches them, in order, and the worker skips
 one whose queue deadline passed or whose client left (the front sends a cancel frame).
+
+Workers can be recycled: one past --worker-max-requests or --worker-max-rss-mb says so after a
+request, and the front starts its replacement while it goes on serving. Once the replacement has
+run init() it takes the old one's place, and the old one answers what it holds, then exits. No
+request waits for an init(); only a leak so fast that the old worker passes 1.5 times the memory
+bound first stops it early (its requests then wait in the queue for the replacement).
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from mlscore.server.admission import AdmissionQueue, Slot, Ticket, queue_timeout
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
 from mlscore.server.worker import (
-    CHUNK, CONTROL, END, FAILED, SKIPPED, STREAMED, FrameBuffer, cancel_frame, read_control_blocking,
-    request_frame, worker_main,
+    CHUNK, CONTROL, END, FAILED, RSS_HARD_FACTOR, SKIPPED, STREAMED, FrameBuffer, cancel_frame,
+    read_control_blocking, request_frame, worker_main,
 )
 
 logger = logging.getLogger("mlscore.server")
@@ -112,6 +118,8 @@ class WorkerConnection(asyncio.Protocol):
         message = orjson.loads(body)
         if message.get("log_dropped"):
             logs.worker_dropped(self._worker.pid, message["log_dropped"])
+        if message.get("retire"):
+            self._executor._retire(self._worker, message["retire"], message.get("rss_mb", 0))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._executor._lost(self._worker)
@@ -152,7 +160,17 @@ class Worker:
     sock: socket.socket
     pid: int = 0
     warm_up_error: str = ""
+    rss_after_init_mb: int = 0
     connection: WorkerConnection | None = field(default=None, repr=False)
+    # Recycling (--worker-max-requests, --worker-max-rss-mb): why the worker is being replaced, once
+    # it said it is due; `retired` once it takes no more requests (its replacement is ready, or its
+    # memory passed the hard bound), `replaced` once its replacement is ready; the slots it held when
+    # it died before its replacement was ready.
+    replacing: str = ""
+    retired: bool = False
+    replaced: bool = False
+    orphaned_slots: list[Slot] = field(default_factory=list, repr=False)
+    stop_reason: str = ""  # why the front killed it (scoring_timeout), for the restart count
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -177,7 +195,8 @@ def spawn_worker(settings: Settings) -> Worker:
         front.close()
         cause = message["init_error"] if message else f"the worker exited with status {process.exitcode}"
         raise EntryScriptError(settings.entry_script or "?", cause)
-    return Worker(process, front, pid=message["pid"], warm_up_error=message.get("warm_up_error", ""))
+    return Worker(process, front, pid=message["pid"], warm_up_error=message.get("warm_up_error", ""),
+                  rss_after_init_mb=message.get("rss_after_init_mb", 0))
 
 
 class ProcessExecutor:
@@ -194,7 +213,8 @@ class ProcessExecutor:
         self._sequence = 0
         self._problem = ""
         self._closing = False
-        self.restarts = 0
+        self.restarts: dict[str, int] = {}  # replacements by reason (metrics.RESTART_REASONS)
+        self._warned_rss = False
         admission.bind(self.submit, self._queue_grew)
 
     @classmethod
@@ -218,13 +238,14 @@ class ProcessExecutor:
 
     @property
     def ready(self) -> bool:
-        return any(worker.connection is not None for worker in self._workers)
+        return any(worker.connection is not None and not worker.retired for worker in self._workers)
 
     @property
     def not_ready_reason(self) -> str:
         if self.ready:
             return ""
-        return self._problem or "every scoring worker is being replaced after a scoring timeout or a crash"
+        return self._problem or ("every scoring worker is being replaced (after a scoring timeout or a crash, or "
+                                 "past its memory bound)")
 
     async def start(self) -> None:
         for worker in self._workers:
@@ -261,7 +282,7 @@ class ProcessExecutor:
         """Top up the requests held ready in a worker that is running one, once half of them have gone
         (so that a few go out in one write); True if any was added."""
         connection = worker.connection
-        if connection is None or not connection.calls or connection.calls[0].slot is None:
+        if connection is None or worker.retired or not connection.calls or connection.calls[0].slot is None:
             return False
         hold = self._admission.hold_seconds
         depth = 1 + min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold) if hold > 0 else MAX_HELD_READY)
@@ -314,6 +335,11 @@ class ProcessExecutor:
             self._run_timer(held)
             self._hold_ready(worker)
             return
+        if worker.retired:
+            slot.release()
+            if worker.replaced:  # it is done once its last request is
+                connection.close()
+            return
         if self._backlog:
             self._send(worker, self._backlog.popleft())
         else:
@@ -334,6 +360,7 @@ class ProcessExecutor:
             return
         logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", timeout_ms,
                      call.worker.pid)
+        call.worker.stop_reason = "scoring_timeout"
         call.worker.kill()  # its socket closes, and _lost replaces it
 
     def _lost(self, worker: Worker) -> None:
@@ -361,19 +388,80 @@ class ProcessExecutor:
         for call in reversed(calls):
             if call.slot is None:
                 self._admission.give_back(call.ticket)
-        if not self._closing:  # closing: close() lets an idle worker exit by itself
+        # Closing, or replaced already: the front closed the socket, and the worker exits by itself,
+        # writing the log lines it still holds.
+        if not self._closing and not worker.replaced:
             worker.kill()
         if worker in self._idle:
             self._idle.remove(worker)
         if worker in self._workers:
             self._workers.remove(worker)
-        if self._closing:
+        if self._closing or worker.replaced:
             for slot in slots:
                 slot.release()
+            if worker.replaced and not self._closing:
+                asyncio.ensure_future(self._reap(worker))
             return
         if not calls:
             logger.error("worker %d died while idle (exit status %s)", worker.pid, worker.process.exitcode)
-        asyncio.ensure_future(self._replace(slots))
+        if worker.replacing:  # its replacement is starting already: that one stands in for it
+            worker.orphaned_slots.extend(slots)
+            return
+        asyncio.ensure_future(self._replace(slots, worker.stop_reason or "crash"))
+
+    def _retire(self, worker: Worker, reason: str, rss_mb: int) -> None:
+        """A worker said it is due for replacement: start its replacement, which runs init() while
+        this one goes on serving; once it is ready it takes this one's place. "stop": the worker's
+        memory passed the hard bound first, and it takes no more requests from here on."""
+        if self._closing or worker.retired:
+            return
+        bound = self._settings.worker_max_rss_mb
+        if reason == "stop":
+            logger.warning("worker %d uses %d MiB, over %g times --worker-max-rss-mb %d, before its replacement is "
+                           "ready: it takes no more requests", worker.pid, rss_mb, RSS_HARD_FACTOR, bound)
+            worker.retired = True
+            if worker in self._idle:
+                self._idle.remove(worker)
+            return
+        if worker.replacing:
+            return
+        worker.replacing = reason
+        why = (f"it uses {rss_mb} MiB, over --worker-max-rss-mb {bound}" if reason == "max_rss"
+               else f"it served --worker-max-requests {self._settings.worker_max_requests} (and its jitter)")
+        logger.info("replacing worker %d: %s; it serves until its replacement is ready", worker.pid, why)
+        asyncio.ensure_future(self._recycle(worker))
+
+    def _stop_taking(self, worker: Worker) -> None:
+        """The replaced worker gets no more requests; its socket is closed once it has answered those it has."""
+        worker.retired = worker.replaced = True
+        if worker in self._idle:
+            self._idle.remove(worker)
+        if worker.connection is not None and not worker.connection.calls:
+            worker.connection.close()
+
+    async def _recycle(self, worker: Worker) -> None:
+        replacement = await self._spawn()
+        if replacement is None:
+            return
+        self._count(worker.replacing)
+        self._workers.append(replacement)
+        await self._attach(replacement)
+        logger.info("worker %d replaced worker %d", replacement.pid, worker.pid)
+        for slot in worker.orphaned_slots:  # it died while its replacement started
+            slot.release()
+        worker.orphaned_slots.clear()
+        if worker in self._workers:
+            self._stop_taking(worker)
+
+    async def _reap(self, worker: Worker) -> None:
+        """Wait for a replaced worker to exit (it writes what it still has to log), off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, worker.process.join, WORKER_EXIT_S)
+        if worker.process.is_alive():
+            worker.process.kill()
+            await asyncio.get_running_loop().run_in_executor(None, worker.process.join, WORKER_EXIT_S)
+
+    def _count(self, reason: str) -> None:
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     async def close(self) -> None:
         """Stop the workers. An idle one sees its socket close and exits by itself, writing the log
@@ -394,6 +482,13 @@ class ProcessExecutor:
             worker.process.join(timeout=5)
 
     async def _attach(self, worker: Worker) -> None:
+        bound = self._settings.worker_max_rss_mb
+        if bound and worker.rss_after_init_mb > bound and not self._warned_rss:
+            self._warned_rss = True
+            logger.warning("a scoring worker uses %d MiB after init(), over the bound of %d MiB (%s): workers are "
+                           "not replaced for their memory (a replacement would be as large); raise the bound (images "
+                           "derive it from the deployment config's memoryInGB)", worker.rss_after_init_mb, bound,
+                           self._settings.sources.get("worker_max_rss_mb", "--worker-max-rss-mb"))
         worker.sock.setblocking(False)
         _, worker.connection = await asyncio.get_running_loop().create_connection(
             lambda: WorkerConnection(self, worker), sock=worker.sock)
@@ -402,9 +497,20 @@ class ProcessExecutor:
         else:
             self._idle.append(worker)
 
-    async def _replace(self, slots: list[Slot]) -> None:
-        """Start a replacement, retrying a failing init() with backoff; the slots of the requests
-        that cost the old worker are released only when the new one is ready."""
+    async def _replace(self, slots: list[Slot], reason: str) -> None:
+        """Start a replacement for a worker that died or was killed; the slots of the requests that
+        cost the old worker are released only when the new one is ready."""
+        worker = await self._spawn()
+        if worker is not None:
+            self._count(reason)
+            self._workers.append(worker)
+            await self._attach(worker)
+            logger.info("replacement worker %d ready", worker.pid)
+        for slot in slots:
+            slot.release()
+
+    async def _spawn(self) -> Worker | None:
+        """A new worker past its init(), retrying a failing init() with backoff; None when closing."""
         delay = 0.5
         loop = asyncio.get_running_loop()
         while not self._closing:
@@ -418,15 +524,10 @@ class ProcessExecutor:
                 continue
             if self._closing:
                 worker.kill()
-                break
-            self.restarts += 1
+                return None
             self._problem = ""
-            self._workers.append(worker)
-            await self._attach(worker)
-            logger.info("replacement worker %d ready", worker.pid)
-            break
-        for slot in slots:
-            slot.release()
+            return worker
+        return None
 
 
 async def _chunks(stream: asyncio.Queue[bytes | Exception | None]) -> AsyncIterator[bytes]:

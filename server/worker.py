@@ -11,7 +11,8 @@ response bodies cross as they are, never pickled or re-encoded.
 The front may send a request while the worker is still running the one before (it holds it
 ready). The worker answers every request in order: with the pipeline's response, or with a
 SKIPPED frame when the request was cancelled or its start-by time passed before it could begin.
-Before an answer, a control frame tells the front how many more log records the worker dropped.
+Before an answer, control frames tell the front how many more log records the worker dropped, and
+once, that the worker is due for replacement (past --worker-max-requests or --worker-max-rss-mb).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import gc
 import logging
 import math
 import os
+import random
+import resource
 import signal
 import socket
 import struct
@@ -143,6 +146,53 @@ def report_log_drops(sock: socket.socket, reported: int) -> int:
     return dropped
 
 
+# Past this multiple of --worker-max-rss-mb a worker due for replacement stops taking requests at once,
+# rather than serving until its replacement is ready: a leak that fast would exhaust memory first.
+RSS_HARD_FACTOR = 1.5
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux: /proc; elsewhere its peak, which a leak also raises)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if os.uname().sysname == "Darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+class Recycling:
+    """When this worker is due for replacement: after `worker_max_requests` plus a random part of the
+    jitter (so that workers started together are not replaced together), or past `worker_max_rss_mb`.
+    `due()` is called after each request and names the reason once ("max_requests", "max_rss"), then
+    "stop" once if memory passes RSS_HARD_FACTOR times the bound before the front has replaced it."""
+
+    def __init__(self, settings: Any) -> None:
+        self.requests_left = (settings.worker_max_requests + random.randint(0, settings.worker_max_requests_jitter)
+                              if settings.worker_max_requests else None)
+        self.max_rss = settings.worker_max_rss_mb << 20 if settings.worker_max_rss_mb else None
+        self.said = ""  # the reason given, once given
+        self.rss_after_init = 0
+        if self.max_rss is not None:
+            self.rss_after_init = rss_bytes()
+            if self.rss_after_init > self.max_rss:
+                self.max_rss = None  # a replacement would be as large: see the front's warning
+
+    def due(self) -> str:
+        if self.requests_left is not None:
+            self.requests_left -= 1
+        if self.said:
+            if self.said != "stop" and self.max_rss is not None and rss_bytes() > self.max_rss * RSS_HARD_FACTOR:
+                self.said = "stop"
+                return "stop"
+            return ""
+        if self.requests_left is not None and self.requests_left <= 0:
+            self.said = "max_requests"
+        elif self.max_rss is not None and rss_bytes() > self.max_rss:
+            self.said = "max_rss"
+        return self.said
+
+
 def read_control_blocking(sock: socket.socket) -> dict[str, Any] | None:
     """The worker's first message (ready, or why init() failed); None if it died first."""
     stream = sock.makefile("rb")
@@ -226,7 +276,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
     # What start-up made (modules, the model) lives as long as the process: frozen, it is left out of
     # every later full garbage collection, which would otherwise walk it all and pause scoring.
     gc.freeze()
-    sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up_error}))
+    recycling = Recycling(settings)
+    sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up_error,
+                                "rss_after_init_mb": recycling.rss_after_init >> 20}))
     reader = RequestReader(sock)
     reported_drops = 0
     while not reader.closed:
@@ -242,8 +294,12 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
             sock.sendall(SKIPPED_FRAME)
         else:
             response = pipeline.handle(request)
-            # Before the answer, so that the front has counted them when the client hears back.
+            # Before the answer, so that the front has counted them when the client hears back, and
+            # has started a replacement before it sends this worker anything more.
             reported_drops = report_log_drops(sock, reported_drops)
+            due = recycling.due()
+            if due:
+                sock.sendall(control_frame({"retire": due, "rss_mb": rss_bytes() >> 20}))
             send_response(sock, response)
         if reader.cancelled:  # a cancel that came too late names a request already answered
             reader.cancelled = {cancelled for cancelled in reader.cancelled if cancelled > sequence}

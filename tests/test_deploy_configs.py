@@ -584,17 +584,18 @@ def test_aks_settings_pass_to_the_server_as_its_environment():
                                      "maxConcurrentRequestsPerContainer": 4, "maxQueueWaitMs": 100})
     inference = load_inference_config({"entryScript": "s.py", "enableGpu": True})
     env = to_settings_env(config, inference)
+    # 0.5 GB (the default memoryInGB): 80 % of 512 MiB shared by 4 workers and one being started
     assert env == {"MLSCORE_DEVICE": "gpu", "MLSCORE_MAX_CONCURRENT_REQUESTS": "4", "MLSCORE_MAX_QUEUE_WAIT_MS": "100",
-                   "MLSCORE_SCORING_TIMEOUT_MS": "2000"}
+                   "MLSCORE_SCORING_TIMEOUT_MS": "2000", "MLSCORE_WORKER_MAX_RSS_MB": "81"}
     settings = Settings.build({}, environ=env)
     assert (settings.device, settings.max_concurrent_requests, settings.max_queue_wait_ms,
-            settings.scoring_timeout_ms, settings.workers) == ("gpu", 4, 100, 2000, 4)
+            settings.scoring_timeout_ms, settings.workers, settings.worker_max_rss_mb) == ("gpu", 4, 100, 2000, 4, 81)
 
 
 def test_aks_defaults_pass_on_as_the_documents_defaults():
     env = to_settings_env(load_deployment_config({"computeType": "aks", "authEnabled": False}))
     assert env == {"MLSCORE_MAX_CONCURRENT_REQUESTS": "1", "MLSCORE_MAX_QUEUE_WAIT_MS": "500",
-                   "MLSCORE_SCORING_TIMEOUT_MS": "60000"}
+                   "MLSCORE_SCORING_TIMEOUT_MS": "60000", "MLSCORE_WORKER_MAX_RSS_MB": "204"}
 
 
 def test_app_insights_turns_on_json_logs_with_a_line_per_request():
@@ -640,10 +641,12 @@ def test_aci_with_auth_gets_generated_keys_and_without_auth_none():
     aci = load_deployment_config({"computeType": "aci", "authEnabled": True})
     keys = service_keys(aci)
     assert len({keys.primary_key, keys.secondary_key}) == 2
-    assert to_settings_env(aci, keys=keys) == {"MLSCORE_AUTH_KEYS": f"{keys.primary_key},{keys.secondary_key}"}
+    assert to_settings_env(aci, keys=keys) == {"MLSCORE_AUTH_KEYS": f"{keys.primary_key},{keys.secondary_key}",
+                                               "MLSCORE_WORKER_MAX_RSS_MB": "204"}
     assert service_keys(load_deployment_config({"computeType": "aci"})) is None
     assert service_keys(LocalConfig()) is None
-    assert to_settings_env(load_deployment_config({"computeType": "aci"}), keys=Keys("unused")) == {}
+    assert to_settings_env(load_deployment_config({"computeType": "aci"}), keys=Keys("unused")) == {
+        "MLSCORE_WORKER_MAX_RSS_MB": "204"}
 
 
 def test_auth_on_without_keys_is_a_programming_error():

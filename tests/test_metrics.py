@@ -75,7 +75,7 @@ def test_worker_restarts_are_counted(tmp_path):
     server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "crashy.py"), "--executor", "processes")
     try:
         assert httpx.post(server.url + "/score", content=b"die", timeout=30).status_code == 500
-        wait_until(lambda: samples(server.url)[("mlscore_worker_restarts", ())] >= 1)
+        wait_until(lambda: samples(server.url)[("mlscore_worker_restarts_total", (("reason", "crash"),))] >= 1)
         assert samples(server.url)[("mlscore_rejections_total", (("reason", "worker_died"),))] == 1
     finally:
         server.stop()
