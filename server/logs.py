@@ -27,8 +27,9 @@ from mlscore.scoring.request_context import current_request_id
 
 QUEUE_LIMIT = 10_000  # records waiting for the writer; more are dropped
 BATCH = 1_000  # records the writer takes at once
-# After each batch the writer rests this long, so that under load it wakes up (and takes the GIL from
-# the event loop) once per many lines rather than once per line; a line waits at most this long.
+# After a batch smaller than BATCH the writer rests this long, so that under load it wakes up (and takes
+# the GIL from the event loop) once per many lines rather than once per line; a line waits at most this
+# long. After a full batch it goes on at once: a burst (a run() printing in a loop) is written, not dropped.
 PAUSE_S = 0.01
 # One write() of at most PIPE_BUF bytes to a pipe is never interleaved with another process's
 # writes (the front and its workers share the stream), so lines are written in chunks that size.
@@ -115,7 +116,8 @@ class LogWriter:
             self._write(lines)
             if stop:
                 return
-            time.sleep(PAUSE_S)
+            if len(items) < BATCH:  # with a backlog, on at once: a burst is written rather than dropped
+                time.sleep(PAUSE_S)
 
     def _write(self, lines: list[bytes]) -> None:
         chunk: list[bytes] = []
