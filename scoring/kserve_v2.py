@@ -41,6 +41,13 @@ def tensor_metadata(info: TensorInfo) -> dict[str, Any]:
             "shape": [dim if isinstance(dim, int) else -1 for dim in info.shape]}
 
 
+def model_metadata(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> dict[str, Any]:
+    """A served model's metadata (GET /v2/models/NAME), which its Swagger operations describe too."""
+    return {"name": name, "versions": ["1"], "platform": "onnx",
+            "inputs": [tensor_metadata(info) for info in inputs],
+            "outputs": [tensor_metadata(info) for info in outputs]}
+
+
 def decode_request(body: bytes, header_length: bytes | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The request's JSON object and its input tensors by name; raises V2Error."""
     json_part, binary = _split(body, header_length)

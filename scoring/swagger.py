@@ -4,7 +4,9 @@ entry script's inference-schema samples (or from the user's own files) and serve
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,8 +75,10 @@ class UnsupportedSwaggerVersion(Exception):
 class SwaggerDocuments:
     """The encoded documents of one service, keyed by version ("2", "3", "3.1")."""
 
-    def __init__(self, documents: dict[str, bytes]) -> None:
+    def __init__(self, documents: dict[str, bytes], generated: frozenset[str] = frozenset(), prefix: str = "") -> None:
         self._documents = documents
+        self._generated = generated  # the versions built here, not read from the user's files
+        self._prefix = prefix
         self.supported: list[str] = [version for version in _USER_FILES if version in documents]
 
     @classmethod
@@ -123,6 +127,7 @@ class SwaggerDocuments:
         prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
         service_output = _map_schemas(service_output, _non_finite_as_null)
         documents: dict[str, bytes] = {}
+        generated: set[str] = set()
         for version, file_names in _USER_FILES.items():
             user_document = _read_user_document(app_root, file_names)
             if user_document is not None:
@@ -130,7 +135,24 @@ class SwaggerDocuments:
             elif versions is None or version in versions:
                 document = _document(version, info, prefix, service_input, service_output, query)
                 documents[version] = _encode(document)
-        return cls(documents)
+                generated.add(version)
+        return cls(documents, frozenset(generated), prefix)
+
+    def with_model(self, metadata: Schema) -> SwaggerDocuments:
+        """These documents with the Open Inference Protocol (KServe V2) routes of a model served
+        without a script added beside Azure's: server metadata and health, the model's metadata and
+        readiness, and infer, whose tensors carry the model's names, shapes and datatypes.
+        `metadata` is the model's V2 metadata (kserve_v2.model_metadata). A user's own document is
+        served as it is."""
+        documents = dict(self._documents)
+        for version in self._generated:
+            document = orjson.loads(documents[version])
+            v2 = version == "2"
+            document["paths"] |= _model_paths(v2, self._prefix, metadata["name"])
+            schemas = document["definitions"] if v2 else document["components"]["schemas"]
+            schemas |= _model_schemas(v2, metadata)
+            documents[version] = _encode(document)
+        return SwaggerDocuments(documents, self._generated, self._prefix)
 
     def get(self, version: str | None) -> bytes:
         name = _ALIASES.get(version or "")
@@ -323,22 +345,28 @@ def _document(
     }
 
 
+def _ref(v2: bool, name: str) -> Schema:
+    return {"$ref": ("#/definitions/" if v2 else "#/components/schemas/") + name}
+
+
+def _response(v2: bool, description: str, schema: Schema, media_type: str = "application/json") -> Schema:
+    if v2:
+        return {"description": description, "schema": schema}
+    return {"description": description, "content": {media_type: {"schema": schema}}}
+
+
+def _responses(v2: bool, ok: Schema, errors: dict[str, str], error: str = "ErrorResponse") -> Schema:
+    # Our statuses are listed as they are; `default` is Azure's catch-all, which clients expect.
+    answers = {"200": ok} | {code: _response(v2, text, _ref(v2, error)) for code, text in errors.items()}
+    return answers | {"default": _response(v2, _DEFAULT_ERROR, _ref(v2, error))}
+
+
 def _paths(v2: bool, prefix: str, query_input: Schema | None) -> Schema:
     """The three routes under Azure's operation ids; `query_input` is the decorated input that
     GET /score takes as query."""
-
-    def ref(name: str) -> Schema:
-        return {"$ref": ("#/definitions/" if v2 else "#/components/schemas/") + name}
-
-    def response(description: str, schema: Schema, media_type: str = "application/json") -> Schema:
-        if v2:
-            return {"description": description, "schema": schema}
-        return {"description": description, "content": {media_type: {"schema": schema}}}
-
-    def responses(ok: Schema, errors: dict[str, str]) -> Schema:
-        # Our statuses are listed as they are; `default` is Azure's catch-all, which clients expect.
-        answers = {"200": ok} | {code: response(text, ref("ErrorResponse")) for code, text in errors.items()}
-        return answers | {"default": response(_DEFAULT_ERROR, ref("ErrorResponse"))}
+    ref = functools.partial(_ref, v2)
+    response = functools.partial(_response, v2)
+    responses = functools.partial(_responses, v2)
 
     def scoring(operation_id: str, description: str, error_codes: tuple[str, ...]) -> Schema:
         ok = response(_SCORED, ref("ServiceOutput"))
@@ -398,3 +426,187 @@ def _query_parameter(v2: bool, name: str, schema: Schema, required: bool) -> Sch
         # Swagger 2.0 query values are plain strings; the server parses each one as JSON.
         return {**parameter, "type": "string", "description": f"{name} as JSON, as in the POST body."}
     return {**parameter, "content": {"application/json": {"schema": schema}}}
+
+
+# The Open Inference Protocol (KServe V2) routes of a model served without a script (`with_model`).
+_V2_TAG = "Open Inference Protocol (KServe V2)"
+# Any content type is taken (the protocol's JSON, or JSON followed by binary tensors): no 415.
+_V2_INFER_ERRORS = {code: text for code, text in _ERRORS.items() if code != "415"} | {
+    "400": "The body breaks the protocol, or a tensor the model's signature (name, datatype, shape).",
+    "500": "The model failed.",
+}
+_BINARY_EXTENSION = ("With the binary tensor extension the body is this JSON followed by the tensors' raw bytes, "
+                     "and the Inference-Header-Content-Length header gives the JSON's length.")
+
+
+def _model_paths(v2: bool, prefix: str, name: str) -> Schema:
+    """The V2 routes the server answers for model `name` (each also under /versions/1)."""
+    ref = functools.partial(_ref, v2)
+    response = functools.partial(_response, v2)
+
+    def probe(operation_id: str, description: str, schema: str, not_ready: str | None = None) -> Schema:
+        answers = {"200": response(description, ref(schema))}
+        if not_ready is not None:
+            answers["503"] = response(not_ready, ref(schema))
+        return {"tags": [_V2_TAG], "operationId": operation_id, "description": description, "security": _NO_KEY,
+                "responses": answers | {"default": response(_DEFAULT_ERROR, ref("ErrorResponse"))}}
+
+    length_parameter: Schema = {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
+                                "description": "The length of the JSON part, when binary tensor data follows it."}
+    length_parameter |= {"type": "integer"} if v2 else {"schema": {"type": "integer", "minimum": 0}}
+    infer: Schema = {
+        "tags": [_V2_TAG],
+        "operationId": "V2ModelInfer",
+        "description": f"Run model {name} on tensors. JSON tensors carry their values flat, in row-major order. "
+                       f"{_BINARY_EXTENSION} Outputs asked for as binary data come back the same way "
+                       "(application/octet-stream).",
+        "security": _KEY_REQUIRED,
+        "parameters": [length_parameter],
+        "responses": _responses(v2, response("The model's outputs.", ref("V2InferenceResponse")),
+                                _V2_INFER_ERRORS, "V2ErrorResponse"),
+    }
+    if v2:
+        infer["parameters"].append({"name": "inferenceRequest", "in": "body", "required": True,
+                                    "schema": ref("V2InferenceRequest")})
+    else:
+        infer["requestBody"] = {"required": True,
+                                "content": {"application/json": {"schema": ref("V2InferenceRequest")}}}
+    model = f"{prefix}/v2/models/{name}"
+    return {
+        f"{prefix}/v2": {"get": probe("V2ServerMetadata", "The server's name, version and protocol extensions.",
+                                      "V2ServerMetadata")},
+        f"{prefix}/v2/health/live": {"get": probe("V2ServerLive", "Whether the server answers.", "V2ServerLive")},
+        f"{prefix}/v2/health/ready": {"get": probe("V2ServerReady", "Whether the model is loaded and warm.",
+                                                   "V2ServerReady", _NOT_READY)},
+        model: {"get": probe("V2ModelMetadata", f"Model {name}'s input and output tensors: names, datatypes and "
+                             "shapes (-1: any size).", "V2ModelMetadata")},
+        f"{model}/ready": {"get": probe("V2ModelReady", f"Whether model {name} is loaded and warm.",
+                                        "V2ModelReady", _NOT_READY)},
+        f"{model}/infer": {"post": infer},
+    }
+
+
+def _model_schemas(v2: bool, metadata: Schema) -> Schema:
+    """The schemas of the V2 routes' bodies, the tensors named, shaped and typed as the model's."""
+    inputs = [_v2_tensor(tensor, "input") for tensor in metadata["inputs"]]
+    outputs = [_v2_tensor(tensor, "output") for tensor in metadata["outputs"]]
+    text, flag = {"type": "string"}, {"type": "boolean"}
+    tensor_metadata = {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {"name": text, "datatype": text, "shape": {"type": "array", "items": {"type": "integer"}}},
+    }
+    tensors = {"type": "array", "items": tensor_metadata}
+    return {
+        "V2ErrorResponse": {"type": "object", "required": ["error"], "properties": {"error": text, "message": text}},
+        "V2ServerMetadata": {
+            "type": "object",
+            "required": ["name", "version", "extensions"],
+            "properties": {"name": text, "version": text, "extensions": {"type": "array", "items": text}},
+        },
+        "V2ServerLive": {"type": "object", "required": ["live"], "properties": {"live": flag}},
+        "V2ServerReady": {"type": "object", "required": ["ready"], "properties": {"ready": flag, "message": text}},
+        "V2ModelMetadata": {
+            "type": "object",
+            "required": ["name", "versions", "platform", "inputs", "outputs"],
+            "properties": {"name": text, "versions": {"type": "array", "items": text}, "platform": text,
+                           "inputs": tensors, "outputs": tensors},
+            "example": metadata,
+        },
+        "V2ModelReady": {
+            "type": "object",
+            "required": ["name", "ready"],
+            "properties": {"name": text, "ready": flag, "error": text, "message": text},
+        },
+        "V2InferenceRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string", "description": "Returned in the response."},
+                "parameters": {"type": "object",
+                               "description": "binary_data_output: true answers every output as binary data."},
+                "inputs": {"type": "array", "items": _any_of_tensors(v2, inputs),
+                           "minItems": len(inputs), "maxItems": len(inputs)},
+                "outputs": {
+                    "type": "array",
+                    "description": "The outputs to answer with (default: all, as JSON).",
+                    "items": {"type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string", "enum": [tensor["name"] for tensor in metadata["outputs"]]},
+                        "parameters": {"type": "object",
+                                       "description": "binary_data: true answers this output as binary data."},
+                    }},
+                },
+            },
+            "example": {"inputs": [tensor["example"] for tensor in inputs]},
+        },
+        "V2InferenceResponse": {
+            "type": "object",
+            "required": ["model_name", "outputs"],
+            "properties": {"model_name": {"type": "string", "enum": [metadata["name"]]}, "id": text,
+                           "outputs": {"type": "array", "items": _any_of_tensors(v2, outputs)}},
+            "example": {"model_name": metadata["name"], "outputs": [tensor["example"] for tensor in outputs]},
+        },
+    }
+
+
+def _v2_tensor(tensor: Schema, role: str) -> Schema:
+    """One of the model's tensors as the protocol's JSON carries it: its name and datatype fixed, a
+    shape of the model's rank, the values flat in row-major order; zeros as the example (dynamic
+    dimensions 1)."""
+    name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
+    item_type, zero = _json_type(datatype)
+    values: Schema = {"type": "array", "items": {"type": item_type},
+                      "description": "The values, flat in row-major order."}
+    if all(dim >= 0 for dim in shape):
+        values["minItems"] = values["maxItems"] = math.prod(shape)
+    example_shape = [dim if dim >= 0 else 1 for dim in shape]
+    return {
+        "type": "object",
+        "description": f"The model's {role} '{name}': {datatype}, shape {shape} (-1: any size).",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string", "enum": [name]},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                      "minItems": len(shape), "maxItems": len(shape),
+                      "description": f"The model's shape is {shape}: each -1 may be any size, the others are fixed."},
+            "datatype": {"type": "string", "enum": [datatype]},
+            "data": values,
+            "parameters": {"type": "object",
+                           "description": "binary_data_size: the tensor's bytes follow the JSON in place of data."},
+        },
+        "example": {"name": name, "shape": example_shape, "datatype": datatype,
+                    "data": [zero] * math.prod(example_shape)},
+    }
+
+
+def _any_of_tensors(v2: bool, tensors: list[Schema]) -> Schema:
+    if len(tensors) == 1:
+        return tensors[0]
+    if not v2:
+        return {"oneOf": tensors}
+    # Swagger 2.0 has no oneOf: one object whose name and datatype are any of the tensors'.
+    item_types = {tensor["properties"]["data"]["items"]["type"] for tensor in tensors}
+    return {
+        "type": "object",
+        "description": " ".join(tensor["description"] for tensor in tensors),
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string", "enum": [tensor["properties"]["name"]["enum"][0] for tensor in tensors]},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string",
+                         "enum": sorted({tensor["properties"]["datatype"]["enum"][0] for tensor in tensors})},
+            "data": {"type": "array", "items": {"type": item_types.pop()} if len(item_types) == 1 else {}},
+            "parameters": tensors[0]["properties"]["parameters"],
+        },
+    }
+
+
+def _json_type(datatype: str) -> tuple[str, Any]:
+    """The JSON type of a V2 datatype's values, and its zero."""
+    if datatype == "BOOL":
+        return "boolean", False
+    if datatype.startswith(("INT", "UINT")):
+        return "integer", 0
+    if datatype.startswith("FP"):
+        return "number", 0.0
+    return "string", ""

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mlscore.scoring.kserve_v2 import model_metadata
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.scoring.onnx_model import OnnxPipeline
@@ -88,11 +89,18 @@ async def _health_port_only(request: Request, error: Exception) -> Response:
 
 
 def create_app(state: ServerState) -> ASGIApp:
+    if state.model is not None:
+        # The documents describe the V2 routes this app answers for the model, beside Azure's three.
+        model = state.model
+        state.swagger = state.swagger.with_model(model_metadata(model.name, model.inputs, model.outputs))
     routes = Routes(state)
     health = ["GET", "HEAD"]
     table = [
         *_health_routes(routes),
         Route("/swagger.json", routes.swagger, methods=["GET"]),
+        Route("/docs", routes.docs, methods=health),
+        Route("/docs/", routes.docs_redirect, methods=health),
+        Route("/docs/{name}", routes.docs_file, methods=health),
         Route("/metrics", routes.metrics, methods=["GET"]),
         Route("/v2", routes.v2_server, methods=health),
         Route("/v2/models/{name}", routes.v2_model, methods=health),
@@ -258,4 +266,4 @@ HEALTH_ROUTES = {"/": "healthy", "/health/live": "live", "/health/ready": "ready
                  "/v2/health/ready": "ready"}
 # Probes and scrapes: counted in the metrics, but left out of the access log, where they would be most lines.
 QUIET_ROUTES = frozenset({*HEALTH_ROUTES, "/metrics"})
-KNOWN_ROUTES = frozenset({*HEALTH_ROUTES, "/swagger.json", "/metrics", "/v2"})
+KNOWN_ROUTES = frozenset({*HEALTH_ROUTES, "/swagger.json", "/docs", "/metrics", "/v2"})

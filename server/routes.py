@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import html
+from importlib import metadata, util
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope
 
 from mlscore import __version__
 from mlscore.scoring.collect import COLLECTED_HEADER
-from mlscore.scoring.kserve_v2 import tensor_metadata
+from mlscore.scoring.kserve_v2 import model_metadata
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.scoring.swagger import UnsupportedSwaggerVersion
@@ -41,6 +44,46 @@ _ALLOWED = b"GET, POST, OPTIONS"
 _POST_ONLY = frozenset({"POST"})
 CONNECTION_CLOSE = (b"connection", b"close")  # the connection closes after a response that says so
 
+# Swagger UI (/docs): our page and start script, and swagger-ui's own files as the swagger-ui-py
+# package ships them, all from this server. The policy keeps the page from reaching anywhere else.
+# Every URL is relative, so the page works behind a proxy that serves the service under a prefix.
+_UI_PACKAGE, _UI_MODULE = "swagger-ui-py", "swagger_ui"
+_UI_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "index.css": "text/css",
+             "favicon-32x32.png": "image/png"}
+_UI_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="icon" type="image/png" href="docs/favicon-32x32.png?v={version}">
+<link rel="stylesheet" href="docs/swagger-ui.css?v={version}">
+<link rel="stylesheet" href="docs/index.css?v={version}">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="docs/swagger-ui-bundle.js?v={version}"></script>
+<script src="docs/start.js"></script>
+</body>
+</html>
+"""
+# The OpenAPI 3.0 document, resolved against the page's own URL; no validator badge (it would call
+# validator.swagger.io); no `?url=` in the page's address picks another document.
+_UI_START = b"""window.ui = SwaggerUIBundle({
+  url: "swagger.json?version=3",
+  dom_id: "#swagger-ui",
+  presets: [SwaggerUIBundle.presets.apis],
+  layout: "BaseLayout",
+  validatorUrl: null,
+  queryConfigEnabled: false,
+  deepLinking: true,
+  displayRequestDuration: true,
+});
+"""
+_UI_POLICY = (b"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+              b"connect-src 'self'; base-uri 'none'; form-action 'none'")
+_NO_CACHE = (b"cache-control", b"no-cache")
+
 
 class BodyTooLarge(Exception):
     """The body is over `max_body_bytes` (declared or as it arrives)."""
@@ -57,6 +100,7 @@ class Routes:
         self._queue_wait = state.settings.max_queue_wait_ms / 1000.0
         self._scoring_timeout = state.settings.scoring_timeout_ms / 1000.0
         self._collector = state.collector
+        self._ui_folder, self._ui_page = _swagger_ui(state.settings.service_name) or (None, None)
 
     async def healthy(self, request: Request) -> Response:
         """`/`, Azure's probe: 200 `Healthy` once ready (Azure's platform and users send traffic then),
@@ -98,13 +142,7 @@ class Routes:
         model = self._v2_model(request)
         if model is None:
             return self._v2_unknown(request)
-        return _json(200, {
-            "name": model.name,
-            "versions": ["1"],
-            "platform": "onnx",
-            "inputs": [tensor_metadata(info) for info in model.inputs],
-            "outputs": [tensor_metadata(info) for info in model.outputs],
-        })
+        return _json(200, model_metadata(model.name, model.inputs, model.outputs))
 
     async def v2_model_ready(self, request: Request) -> Response:
         model = self._v2_model(request)
@@ -143,6 +181,31 @@ class Routes:
         except UnsupportedSwaggerVersion as error:
             return json_error(404, str(error))
         return BytesResponse(200, [(b"content-type", b"application/json")], document)
+
+    async def docs(self, request: Request) -> Response:
+        """Swagger UI on the OpenAPI 3.0 document: open, like /swagger.json (Try it out asks for the
+        key where the route needs one)."""
+        if self._ui_page is None:
+            return _no_swagger_ui()
+        headers = [(b"content-type", b"text/html; charset=utf-8"), _NO_CACHE, (b"content-security-policy", _UI_POLICY)]
+        return BytesResponse(200, headers, self._ui_page)
+
+    async def docs_redirect(self, request: Request) -> Response:
+        # Relative, like the page's own URLs: /docs/ behind a prefix is the prefix's /docs.
+        return RedirectResponse("../docs")
+
+    async def docs_file(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name == "start.js":
+            return BytesResponse(200, [(b"content-type", b"text/javascript; charset=utf-8"), _NO_CACHE], _UI_START)
+        if self._ui_folder is None:
+            return _no_swagger_ui()
+        media_type = _UI_FILES.get(name)
+        if media_type is None:
+            return json_error(404, f"No file {name!r} in /docs.")
+        # The page names the package's version in each file's URL, so an upgrade is fetched anew.
+        return FileResponse(self._ui_folder / name, media_type=media_type,
+                            headers={"cache-control": "public, max-age=604800"})
 
     async def score(self, scope: Scope, receive: Receive, route: str = "/score") -> Response:
         """/score for every method (and a served model's V2 infer route), answered without
@@ -302,6 +365,25 @@ def _http_response(result: RawResponse, ids: list[tuple[bytes, bytes]], queue_ms
     streamed = StreamingResponse(result.body, status_code=result.status)
     streamed.raw_headers = headers
     return streamed
+
+
+def _swagger_ui(service_name: str) -> tuple[Path, bytes] | None:
+    """The folder of swagger-ui's files and the /docs page; None without the package."""
+    spec = util.find_spec(_UI_MODULE)  # found, not imported: its own module needs jinja2 and yaml
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        version = metadata.version(_UI_PACKAGE)
+    except metadata.PackageNotFoundError:  # a module of that name from elsewhere
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    page = _UI_PAGE.format(title=html.escape(f"{service_name} - Swagger UI"), version=version)
+    return folder, page.encode()
+
+
+def _no_swagger_ui() -> Response:
+    return json_error(404, f"Swagger UI needs the {_UI_PACKAGE} package, one of mlscore's dependencies: "
+                      f"pip install {_UI_PACKAGE}.")
 
 
 def _json(status: int, document: dict[str, object]) -> BytesResponse:

@@ -447,3 +447,64 @@ def test_client_generated_from_the_document_scores_with_the_key(client_for, vers
     assert client.call("GetSwaggerSpec", version=version).json() == served
     assert GeneratedClient(http, served, "wrong").call("RunMLService", **(
         {"serviceInputPayload": payload} if version == "2" else {"body": payload})).status_code == 401
+
+
+MODEL_METADATA = {
+    "name": "ranker", "versions": ["1"], "platform": "onnx",
+    "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 3]},
+               {"name": "mask", "datatype": "BOOL", "shape": [2, 3]}],
+    "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]}],
+}
+MODEL_SIGNATURE = {"type": "object", "properties": {"features": {"type": "array", "items": {"type": "number"}}}}
+
+
+def model_documents(app_root: Path | None = None) -> SwaggerDocuments:
+    documents = SwaggerDocuments.from_schemas(MODEL_SIGNATURE, MODEL_SIGNATURE, app_root=app_root, path_prefix="/api")
+    return documents.with_model(MODEL_METADATA)
+
+
+@pytest.mark.parametrize("version", ["2", "3", "3.1"])
+def test_model_documents_add_the_v2_routes_and_validate(version: str) -> None:
+    doc = orjson.loads(model_documents().get(version))
+    validate(doc, cls=VALIDATORS[version])
+    assert operation_ids(doc) == {
+        ("/api/", "get"): "ServiceHealthCheck",
+        ("/api/score", "post"): "RunMLService",
+        ("/api/swagger.json", "get"): "GetSwaggerSpec",
+        ("/api/v2", "get"): "V2ServerMetadata",
+        ("/api/v2/health/live", "get"): "V2ServerLive",
+        ("/api/v2/health/ready", "get"): "V2ServerReady",
+        ("/api/v2/models/ranker", "get"): "V2ModelMetadata",
+        ("/api/v2/models/ranker/ready", "get"): "V2ModelReady",
+        ("/api/v2/models/ranker/infer", "post"): "V2ModelInfer",
+    }
+    infer = doc["paths"]["/api/v2/models/ranker/infer"]["post"]
+    assert infer["security"] == [{"Bearer": []}]
+    error = infer["responses"]["400"]["schema"] if version == "2" else \
+        infer["responses"]["400"]["content"]["application/json"]["schema"]
+    assert error["$ref"].endswith("/V2ErrorResponse")  # tritonclient reads `error`
+    assert schemas(doc)["V2ModelMetadata"]["example"] == MODEL_METADATA
+
+
+def test_model_tensors_carry_their_names_shapes_and_datatypes() -> None:
+    request = schemas(orjson.loads(model_documents().get("3")))["V2InferenceRequest"]
+    features, mask = request["properties"]["inputs"]["items"]["oneOf"]
+    assert features["properties"]["name"]["enum"] == ["features"]
+    assert features["properties"]["datatype"]["enum"] == ["FP32"]
+    assert features["properties"]["data"]["items"] == {"type": "number"}
+    assert "maxItems" not in features["properties"]["data"]  # a dynamic dimension: any count
+    assert mask["properties"]["datatype"]["enum"] == ["BOOL"]
+    assert mask["properties"]["data"]["items"] == {"type": "boolean"}
+    assert mask["properties"]["data"]["minItems"] == mask["properties"]["data"]["maxItems"] == 6
+    assert request["example"]["inputs"] == [
+        {"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [0.0, 0.0, 0.0]},
+        {"name": "mask", "shape": [2, 3], "datatype": "BOOL", "data": [False] * 6},
+    ]
+
+
+def test_model_routes_stay_out_of_the_users_own_document(tmp_path: Path) -> None:
+    user = {"swagger": "2.0", "info": {"title": "mine", "version": "1"}, "paths": {}}
+    (tmp_path / "swagger.json").write_bytes(orjson.dumps(user))
+    documents = model_documents(tmp_path)
+    assert orjson.loads(documents.get("2")) == user
+    assert "/api/v2/models/ranker/infer" in orjson.loads(documents.get("3"))["paths"]
