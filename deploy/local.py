@@ -55,6 +55,13 @@ class LocalService:
                                     start_new_session=True, cwd=self.folder)
         (self.folder / HOST_PID).write_text(str(host.pid), encoding="ascii")
 
+    def next_generation(self, recorded: int) -> int:
+        """The number of the next generation: past the one recorded serving, and past any the host
+        tried since (a failed update's number is not used again: its outcome stays in state.json)."""
+        state = self.state()
+        tried = [recorded] + ([state.generation, int((state.update or {}).get("generation", 0))] if state else [])
+        return max(tried) + 1
+
     def replace(self, generation: int, models: Sequence[ModelVersion], serve_args: Sequence[str],
                 env: Mapping[str, str]) -> None:
         """Ask the running host to start `generation` beside the serving one and switch to it."""

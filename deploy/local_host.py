@@ -82,7 +82,9 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class Generation:
-    """One server process on the shared socket, with a private socket of its own for health checks."""
+    """One server process on the shared socket, with a private socket of its own for health checks. It
+    accepts on the shared socket only once ready (--accept-after-init): until then every connection
+    goes to the generation serving, never to one that could only refuse it."""
 
     def __init__(self, folder: Path, spec: Spec, public: socket.socket) -> None:
         self.spec = spec
@@ -93,7 +95,8 @@ class Generation:
         fds = [public.fileno(), private.fileno()]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mlscore", "serve", *(f"--fd={fd}" for fd in fds), *spec.args],
+                [sys.executable, "-m", "mlscore", "serve", f"--fd={public.fileno()}", f"--health-fd={private.fileno()}",
+                 "--accept-after-init", *spec.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=fds,
                 env={**os.environ, **spec.env}, cwd=folder,
             )

@@ -245,7 +245,7 @@ def _run_local(registry: Registry, name: str, versions: list[ModelVersion], infe
     env = _server_env(name, inference, deployment, keys, str(folder / DATA_COLLECTION_DIR))
     try:
         if previous is not None and service.host_running():
-            generation = int(previous.details.get("generation", 1)) + 1
+            generation = service.next_generation(int(previous.details.get("generation", 1)))
             progress(f"service {name}: starting generation {generation} beside the one serving")
             service.replace(generation, versions, args, env)
         else:

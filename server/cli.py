@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--app-root", dest="app_root", help="the app folder (env AML_APP_ROOT; default: cwd)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", help="port to listen on (default 5001)")
+    serve.add_argument("--health-fd", dest="health_fd", action="append", default=[], help="serve the health "
+                       "routes only on an inherited listening socket, by its file descriptor (as --health-port)")
+    serve.add_argument("--accept-after-init", dest="accept_after_init", action="store_const", const=True,
+                       help="accept connections on the scoring socket only once init() and the warm-up are done "
+                       "(a health listener answers meanwhile): a server started beside another on a shared "
+                       "--fd socket then takes no request it would have to refuse (env MLSCORE_ACCEPT_AFTER_INIT)")
     serve.add_argument("--fd", action="append", default=[], help="serve an inherited listening socket by its "
                        "file descriptor, in place of --host and --port (repeatable; env MLSCORE_LISTEN_FDS)")
     serve.add_argument("--health-port", dest="health_port", help="also answer the health routes (/, /health/live, "

@@ -95,6 +95,7 @@ def start(settings: Settings) -> Started:
     sockets = inherited(settings.listen_fds) if settings.listen_fds else [bind(settings.host, settings.port)]
     health: list[socket.socket] = []
     try:
+        health.extend(inherited(settings.health_fds, "--health-fd"))
         if settings.health_port is not None:
             health.append(bind(settings.host, settings.health_port))
         state, pipeline = prepare_state(settings)
@@ -105,19 +106,20 @@ def start(settings: Settings) -> Started:
     return Started(state, sockets, pipeline, health)
 
 
-def inherited(fds: tuple[int, ...]) -> list[socket.socket]:
-    """Listening sockets handed down by the process that started this one (`--fd`): a process that
-    owns the port across restarts, so an old and a new server can share it while they overlap."""
+def inherited(fds: tuple[int, ...], flag: str = "--fd") -> list[socket.socket]:
+    """Listening sockets handed down by the process that started this one (`--fd`, `--health-fd`): a
+    process that owns the port across restarts, so an old and a new server can share it while they
+    overlap."""
     sockets = []
     for fd in fds:
         try:
             sock = socket.socket(fileno=fd)
             listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         except OSError as error:
-            raise StartupError(f"--fd {fd}: not an open socket ({error.strerror})", EXIT_BAD_SETTINGS) from None
+            raise StartupError(f"{flag} {fd}: not an open socket ({error.strerror})", EXIT_BAD_SETTINGS) from None
         if sock.type != socket.SOCK_STREAM or not listening:
             sock.detach()
-            raise StartupError(f"--fd {fd}: not a listening TCP or Unix socket", EXIT_BAD_SETTINGS)
+            raise StartupError(f"{flag} {fd}: not a listening TCP or Unix socket", EXIT_BAD_SETTINGS)
         sockets.append(sock)
     return sockets
 
@@ -273,10 +275,16 @@ class Server(uvicorn.Server):
         self._health_connections = uvicorn.server.ServerState()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        scheme = "https" if self._launch.state.settings.ssl_cert else "http"
+        settings = self._launch.state.settings
+        # --accept-after-init: the scoring sockets wait for _start_scoring (the shutdown still closes them).
+        await super().startup(sockets=[] if settings.accept_after_init else sockets)
+        scheme = "https" if settings.ssl_cert else "http"
         where = ", ".join(_address(sock, scheme) for sock in self._launch.sockets)
-        logger.info("listening on %s; running init() and the warm-up (/health/ready is 503 until they pass)", where)
+        if settings.accept_after_init:
+            logger.info("running init() and the warm-up; %s accepts connections once they are done", where)
+        else:
+            logger.info("listening on %s; running init() and the warm-up (/health/ready is 503 until they pass)",
+                        where)
         if self._launch.health_sockets:
             await self._serve_health()
             logger.info("health routes (/, /health/live, /health/ready) also on %s",
@@ -307,6 +315,18 @@ class Server(uvicorn.Server):
         for sock in self._launch.health_sockets:
             self._health_servers.append(await loop.create_server(connection, sock=sock, ssl=config.ssl,
                                                                  backlog=config.backlog))
+    async def _accept(self, sockets: list[socket.socket]) -> None:
+        """Start accepting on the scoring sockets, as uvicorn's startup would have."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+
+        def connection() -> asyncio.Protocol:
+            return config.http_protocol_class(config=config, server_state=self.server_state,  # type: ignore[call-arg]
+                                              app_state=self.lifespan.state, _loop=loop)
+
+        for sock in sockets:
+            self.servers.append(await loop.create_server(connection, sock=sock, ssl=config.ssl, backlog=config.backlog))
+
 
     def _close_health(self) -> None:
         for server in self._health_servers:
@@ -324,6 +344,8 @@ class Server(uvicorn.Server):
             self.exit_code = _cannot_start(error)
             self.should_exit = True
             return
+        if state.settings.accept_after_init and not self.should_exit:
+            await self._accept(self._launch.sockets)
         use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
         gc.freeze()  # see worker_main: what start-up made is left out of later full collections
         readiness = "ready" if state.ready else f"not ready: {state.not_ready_reason}"

@@ -179,6 +179,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", "port", ("MLSCORE_PORT",), "port", _integer(0, 65535), 5001),
     Setting("listen_fds", "fd", ("MLSCORE_LISTEN_FDS",), None, _fds, ()),
     Setting("health_port", "health_port", ("MLSCORE_HEALTH_PORT",), None, _integer(0, 65535)),
+    Setting("health_fds", "health_fd", ("MLSCORE_HEALTH_FDS",), None, _fds, ()),
+    Setting("accept_after_init", "accept_after_init", ("MLSCORE_ACCEPT_AFTER_INIT",), None, _switch, False),
     Setting("log_level", "log_level", ("MLSCORE_LOG_LEVEL", "AZUREML_LOG_LEVEL"), None, _choice(LOG_LEVELS), "info"),
     Setting("log_format", "log_format", ("MLSCORE_LOG_FORMAT",), None, _choice(LOG_FORMATS), "text"),
     Setting("access_log", "access_log", ("MLSCORE_ACCESS_LOG",), None, _switch),  # None: on with json logs
@@ -244,6 +246,8 @@ class Settings:
     port: int
     listen_fds: tuple[int, ...]  # inherited listening sockets, served in place of host and port
     health_port: int | None  # a second listener, on the same host, that answers only the health routes
+    health_fds: tuple[int, ...]  # inherited listening sockets for that listener
+    accept_after_init: bool  # the scoring sockets accept only once init() and the warm-up are done
     log_level: str
     log_format: str  # text (people) or json (collectors: one object per line)
     access_log: bool  # a line per request, whatever the log level

@@ -15,11 +15,15 @@ from typing import Callable
 import httpx
 import pytest
 
+from mlscore.deploy import InferenceConfig, LocalWebservice, Model, Workspace
+
 SCRIPT = '''
 import os
+import time
 
 def init():
     global answer
+    time.sleep(float(os.environ.get("SLOW_INIT_S", "0")))  # a model that takes a while to load
     path = os.path.join(os.environ["AZUREML_MODEL_DIR"], "model.txt")
     answer = open(path).read().strip()
     if answer == "broken":
@@ -30,9 +34,10 @@ def run(data):
 '''
 
 
-def mlscore(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def mlscore(home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, "-m", "mlscore", *args], capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "MLSCORE_HOME": str(home)})
+                          env={**os.environ, "MLSCORE_HOME": str(home), **(env or {})})
     if check and done.returncode != 0:
         raise AssertionError(f"mlscore {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -54,10 +59,11 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def deploy(project: Path, name: str, *models: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def deploy(project: Path, name: str, *models: str, check: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     flags = [flag for model in models for flag in ("-m", model)]
     return mlscore(project / "home", "deploy", "-n", name, *flags, "--ic", str(project / "ic.json"),
-                   "--dc", str(project / "dc.json"), check=check)
+                   "--dc", str(project / "dc.json"), check=check, env=env)
 
 
 def show(project: Path, name: str) -> dict:
@@ -75,16 +81,19 @@ class Traffic:
     """Clients posting in a loop on kept-alive connections until stopped; every outcome recorded,
     and each client's latest answer."""
 
-    def __init__(self, url: str, clients: int = 3) -> None:
+    def __init__(self, url: str, clients: int = 3, fresh_connections: int = 0) -> None:
+        """`clients` on kept-alive connections, and `fresh_connections` more that open one per request."""
         self.url, self.answers, self.errors = url, [], []
-        self.latest: list[httpx.Response | None] = [None] * clients
+        self.latest: list[httpx.Response | None] = [None] * (clients + fresh_connections)
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(index,), daemon=True) for index in range(clients)]
+        self._threads = [threading.Thread(target=self._loop, args=(index, index >= clients), daemon=True)
+                         for index in range(clients + fresh_connections)]
         for thread in self._threads:
             thread.start()
 
-    def _loop(self, index: int) -> None:
-        with httpx.Client(timeout=30) as client:
+    def _loop(self, index: int, fresh: bool) -> None:
+        headers = {"connection": "close"} if fresh else {}
+        with httpx.Client(timeout=30, headers=headers) as client:
             while not self._stop.is_set():
                 try:
                     answer = client.post(self.url, json={"data": 1})
@@ -139,6 +148,52 @@ def test_deploy_score_update_under_traffic_and_delete(project: Path) -> None:
         httpx.post(uri, json={"data": 1})
     assert "no services" in mlscore(home, "service", "list").stdout
     mlscore(home, "model", "delete", "m:2")
+
+
+def test_five_updates_under_steady_traffic_drop_nothing_even_with_a_slow_init(project: Path) -> None:
+    # init() takes 1.5 s: a generation that accepted connections before it was ready would refuse them.
+    slow = {"SLOW_INIT_S": "1.5"}
+    home = project / "home"
+    deploy(project, "svc", "m:1", env=slow)
+    uri = show(project, "svc")["details"]["scoring_uri"]
+    traffic = Traffic(uri, clients=4, fresh_connections=4)
+    try:
+        for version, model, succeeds in (("m:2", "two", True), ("m:1", "one", True), ("m:3", "one", False),
+                                         ("m:2", "two", True), ("m:1", "one", True)):
+            count = len(traffic.answers)
+            done = mlscore(home, "service", "update", "svc", "-m", version, check=False, env=slow)
+            assert done.returncode == (0 if succeeds else 1), done.stderr
+            wait_until(lambda: traffic.every_client_answered_by(model) and len(traffic.answers) > count + 16)
+    finally:
+        traffic.stop()
+        mlscore(home, "service", "delete", "svc")
+    assert traffic.errors == []
+    assert {answer.status_code for answer in traffic.answers} == {200}, [
+        answer.text for answer in traffic.answers if answer.status_code != 200][:3]
+    assert len({answer.json()["pid"] for answer in traffic.answers}) == 5  # the first and four updates
+
+
+def test_webservice_update_in_the_python_api_drops_nothing_either(project: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SLOW_INIT_S", "1.5")
+    monkeypatch.chdir(project / "app")
+    ws = Workspace(project / "home")
+    service = Model.deploy(ws, "api", [Model(ws, "m", 1)], InferenceConfig(entry_script="score.py"),
+                           LocalWebservice.deploy_configuration())
+    traffic = None
+    try:
+        service.wait_for_deployment()
+        traffic = Traffic(service.scoring_uri, clients=4, fresh_connections=4)
+        for version, model in ((2, "two"), (3, "two"), (1, "one")):  # version 3's init() fails
+            count = len(traffic.answers)
+            service.update(models=[Model(ws, "m", version)])
+            assert (service.error is None) == (version != 3), service.error
+            wait_until(lambda: traffic.every_client_answered_by(model) and len(traffic.answers) > count + 16)
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        service.delete()
+    assert traffic.errors == []
+    assert {answer.status_code for answer in traffic.answers} == {200}
 
 
 def test_an_update_that_fails_leaves_the_old_version_serving(project: Path) -> None:
