@@ -18,7 +18,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlscore.scoring.kserve_v2 import model_metadata
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.scoring.onnx_model import OnnxPipeline
@@ -89,10 +88,6 @@ async def _health_port_only(request: Request, error: Exception) -> Response:
 
 
 def create_app(state: ServerState) -> ASGIApp:
-    if state.model is not None:
-        # The documents describe the V2 routes this app answers for the model, beside Azure's three.
-        model = state.model
-        state.swagger = state.swagger.with_model(model_metadata(model.name, model.inputs, model.outputs))
     routes = Routes(state)
     health = ["GET", "HEAD"]
     table = [

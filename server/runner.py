@@ -25,6 +25,7 @@ from mlscore.accelerators.onnx_runtime import CPU_THREADS_ENV, default_threads
 from mlscore.scoring.onnx_model import OnnxPipeline, signature_schema
 from mlscore.scoring.input_modes import UncallableMode
 from mlscore.scoring.pipeline import ScoringPipeline
+from mlscore.scoring.kserve_v2 import model_metadata
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.server.app import Executor, ScoreFirst, ServerState, create_app, create_health_app
@@ -203,9 +204,11 @@ def build_swagger(settings: Settings, pipeline: Pipeline) -> SwaggerDocuments:
     names = {"app_root": settings.app_root, "service_name": settings.service_name,
              "service_version": settings.service_version, "path_prefix": settings.path_prefix}
     if isinstance(pipeline, OnnxPipeline):
+        # Beside Azure's three routes, the V2 routes the app answers for the model.
         return SwaggerDocuments.from_schemas(
             signature_schema(pipeline.inputs, f"The inputs of model {pipeline.name}, by name."),
-            signature_schema(pipeline.outputs, f"The outputs of model {pipeline.name}, by name."), **names)
+            signature_schema(pipeline.outputs, f"The outputs of model {pipeline.name}, by name."), **names,
+        ).with_model(model_metadata(pipeline.name, pipeline.inputs, pipeline.outputs))
     return SwaggerDocuments.build(pipeline.run, **names)
 
 
