@@ -3,7 +3,8 @@ engine (docker or podman, whichever works here) that builds and runs it.
 
 The context holds a self-contained Dockerfile: FROM the config's base image, a virtual environment
 with mlscore (a wheel of this checkout, so no package index needs to know mlscore) and the conda
-file's packages, the extra Docker steps, the app files and the models as Azure lays them out.
+file's packages (pip requirements, as `dependencies` translates them), the extra Docker steps, the
+app files and the models as Azure lays them out.
 Auth keys are never written into it: they reach the container at run time.
 """
 
@@ -27,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 from mlscore.deploy.configs import SERVER_ENV, InferenceConfig
+from mlscore.deploy.dependencies import Requirements, conda_requirements
 from mlscore.deploy.layout import MODELS_FOLDER, lay_out_models, model_dir_within
 from mlscore.deploy.registry import ModelVersion
 
@@ -48,24 +48,9 @@ READY_TIMEOUT_S = 310.0  # Azure's initialDelaySeconds: how long a service's ini
 READY_POLL_S = 0.5
 MARKER = ".mlscore-build-context"  # lets a later write replace a context, and nothing else
 
-# Conda packages that are not Python packages, or that the image provides itself.
-_CONDA_SKIPPED = {
-    "python": "the image's own Python runs mlscore",
-    "pip": "the virtual environment has its own",
-    "cudatoolkit": "CUDA comes with the base image",
-    "cudnn": "cuDNN comes with the base image",
-}
-_CONDA_TO_PIP = {"pytorch": "torch", "py-xgboost": "xgboost"}
-# Azure's own serving stack, which mlscore replaces (its `azureml.*` imports are aliased).
-_PIP_SKIPPED = {
-    "azureml-defaults": "the server is mlscore",
-    "azureml-inference-server-http": "the server is mlscore",
-}
 _JUNK = (".git", ".hg", ".svn", "__pycache__", "*.pyc", ".venv", "venv", ".pytest_cache", ".mypy_cache",
          ".ipynb_checkpoints", ".DS_Store")
-_CONDA_SPEC = re.compile(r"(?:[^:\s]+::)?([A-Za-z0-9_.\-]+)\s*(.*)")
 _IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_PIP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 _SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest a zip can say: the same sources give the same wheel
 
 
@@ -132,7 +117,7 @@ def write_build_context(output: Path, service: str, inference: InferenceConfig, 
         raise ValueError(f"entryScript {inference.entry_script_path} is outside sourceDirectory {source}") from None
     if not _IMAGE_NAME.fullmatch(service):
         raise ValueError(f"service name {service!r} cannot name an image: use lowercase letters, digits, '.', '_', '-'")
-    requirements = _requirements(inference.conda_file_path)
+    requirements = conda_requirements(inference.conda_file_path)
     extra_steps = (inference.extra_docker_file_steps_path.read_text(encoding="utf-8")
                    if inference.extra_docker_file_steps_path else None)
     output = Path(output).resolve()
@@ -174,72 +159,6 @@ def write_build_context(output: Path, service: str, inference: InferenceConfig, 
                         image_env.get(COLLECT_DATA_ENV))
 
 
-@dataclass(frozen=True)
-class _Requirements:
-    """What a conda file asks for, as pip requirements, and what became of each conda package."""
-
-    pip: tuple[str, ...] = ()
-    mapped: tuple[tuple[str, str], ...] = ()  # (conda spec, pip requirement)
-    skipped: tuple[tuple[str, str], ...] = ()  # (spec, why)
-    channels: tuple[str, ...] = ()
-
-
-def _requirements(conda_file: Path | None) -> _Requirements:
-    """The conda file's `dependencies`, conda packages mapped to pip's names and version syntax, and its
-    `pip:` list as written. Everything is installed with pip into the one virtual environment mlscore
-    runs in: no conda environment is made, whatever the base image holds."""
-    if conda_file is None:
-        return _Requirements()
-    try:
-        data = yaml.safe_load(conda_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"{conda_file}: not a conda environment file: {error}") from None
-    dependencies = data.get("dependencies", []) if isinstance(data, dict) else None
-    if not isinstance(dependencies, list):
-        raise ValueError(f"{conda_file}: `dependencies` must be a list")
-    pip: list[str] = []
-    mapped: list[tuple[str, str]] = []
-    skipped: list[tuple[str, str]] = []
-    for item in dependencies:
-        if isinstance(item, dict) and isinstance(item.get("pip"), list):
-            for line in map(str, item["pip"]):
-                name = _PIP_NAME.match(line)
-                why = _PIP_SKIPPED.get(name.group(0).lower()) if name else None
-                if why:
-                    skipped.append((line, why))
-                else:
-                    pip.append(line)
-            continue
-        spec = str(item)
-        name, requirement = _pip_requirement(spec)
-        if name in _CONDA_SKIPPED:
-            skipped.append((spec, _CONDA_SKIPPED[name]))
-            continue
-        mapped.append((spec, requirement))
-        pip.append(requirement)
-    channels = tuple(map(str, data.get("channels") or ()))
-    return _Requirements(tuple(pip), tuple(mapped), tuple(skipped), channels)
-
-
-def _pip_requirement(spec: str) -> tuple[str, str]:
-    """(conda name, pip requirement) of a conda spec. `numpy=1.26` is conda's any 1.26.x, `numpy 1.26.4 py311_0`
-    that version exactly (the build string dropped), `numpy>=1.24` as pip reads it; a `channel::` prefix goes."""
-    match = _CONDA_SPEC.fullmatch(spec.strip())
-    if match is None:
-        raise ValueError(f"cannot read the conda dependency {spec!r}")
-    name, constraint = match.group(1).lower(), match.group(2).strip()
-    pip_name = _CONDA_TO_PIP.get(name, name)
-    if not constraint:
-        return name, pip_name
-    if constraint.startswith(("==", ">=", "<=", "!=", "~=", ">", "<")):
-        return name, pip_name + constraint.replace(" ", "")
-    fuzzy = constraint.startswith("=")
-    version = constraint.lstrip("=").split("=")[0].split()[0]
-    if fuzzy and not version.endswith("*"):
-        version += ".*"
-    return name, f"{pip_name}=={version}"
-
-
 def _base_image(inference: InferenceConfig) -> str:
     """baseImage (behind baseImageRegistry when given), else the CUDA base with enableGpu, else python's."""
     if inference.base_image is None:
@@ -250,7 +169,7 @@ def _base_image(inference: InferenceConfig) -> str:
     return f"{registry}/{inference.base_image}"
 
 
-def _dockerfile(*, service: str, base_image: str, wheel_name: str, requirements: _Requirements,
+def _dockerfile(*, service: str, base_image: str, wheel_name: str, requirements: Requirements,
                 extra_steps: str | None, extra_steps_source: str | None, has_models: bool, gpu: bool,
                 image_env: Mapping[str, str]) -> str:
     """The context's Dockerfile. Slow-changing steps come first, so editing the app rebuilds little."""
@@ -306,7 +225,7 @@ def _dockerfile(*, service: str, base_image: str, wheel_name: str, requirements:
     return "\n".join(lines) + "\n"
 
 
-def _conda_comment(requirements: _Requirements) -> list[str]:
+def _conda_comment(requirements: Requirements) -> list[str]:
     lines = [f"# condaFile: {spec} -> pip {requirement}" for spec, requirement in requirements.mapped]
     lines += [f"# condaFile: {spec} skipped: {why}" for spec, why in requirements.skipped]
     if requirements.channels:
@@ -403,9 +322,25 @@ def build(context: BuildContext, engine: str, extra_args: Sequence[str] = ()) ->
     own build flags (`--secret id=pip-ca,src=…`, `--build-arg PIP_INDEX_URL=…`)."""
     command = context.build_command(engine)
     command[-1:-1] = extra_args
-    done = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise ImageError(f"{shlex.join(command)} failed (exit {done.returncode}); its output is above")
+    returncode = _run_to_stderr(command)
+    if returncode != 0:
+        raise ImageError(f"{shlex.join(command)} failed (exit {returncode}); its output is above")
+
+
+def _run_to_stderr(command: list[str]) -> int:
+    """Run `command` with its output on stderr as it comes: straight to the file descriptor, or copied
+    line by line where stderr has none (captured in memory, as pytest's sys capture does)."""
+    try:
+        descriptor = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        descriptor = None
+    if descriptor is not None:
+        return subprocess.run(command, stdout=descriptor, stderr=subprocess.STDOUT).returncode
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as process:
+        for line in process.stdout:
+            sys.stderr.write(line)
+    return process.returncode
 
 
 def run(context: BuildContext, engine: str, port: int, name: str) -> str:

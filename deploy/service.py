@@ -51,6 +51,10 @@ class DeployError(Exception):
     """A deploy, update or delete that could not be done; the message says why and what to do."""
 
 
+class MissingPackages(DeployError):
+    """A strict deploy refused: the image would lack packages its entry script imports."""
+
+
 @dataclass(frozen=True, slots=True)
 class Deployed:
     """A service's record, read back into its parts."""
@@ -81,13 +85,16 @@ class Deployed:
 
 
 def deploy(registry: Registry, name: str, models: Sequence[str], inference: InferenceConfig,
-           deployment: DeploymentConfig, output: Path | None = None, progress: Progress = print) -> Deployed:
-    """Deploy a new service; an existing service of that name is an error (update it, or delete it)."""
+           deployment: DeploymentConfig, output: Path | None = None, progress: Progress = print,
+           strict: bool = False) -> Deployed:
+    """Deploy a new service; an existing service of that name is an error (update it, or delete it).
+    With `strict`, an image whose entry script imports packages it would lack is not built."""
     check_service_name(name)
     if _exists(registry, name):
         raise DeployError(f"service {name!r} exists already: update it (mlscore service update {name} …) or "
                           f"delete it first")
     versions = model_versions(registry, models)
+    check_packages(name, inference, deployment, progress, strict)
     keys = service_keys(deployment)
     return _run(registry, name, versions, inference, deployment, keys, output, progress, previous=None)
 
@@ -103,6 +110,7 @@ def update(registry: Registry, name: str, models: Sequence[str] | None = None,
                           f"{deployment.COMPUTE_TYPE}: delete it and deploy again")
     versions = model_versions(registry, models if models is not None else current.record.models)
     deployment = deployment or current.deployment
+    check_packages(name, inference or current.inference, deployment, progress)
     return _run(registry, name, versions, inference or current.inference, deployment,
                 _keys_after_update(current.keys, deployment), output or _stored_output(current), progress,
                 previous=current)
@@ -194,6 +202,30 @@ def logs(registry: Registry, name: str, lines: int | None = None) -> str:
 
 
 # --- the targets ---------------------------------------------------------------------------------------
+
+
+def check_packages(name: str, inference: InferenceConfig, deployment: DeploymentConfig, progress: Progress,
+                   strict: bool = False) -> None:
+    """Before an image is made (aci, aks): one warning line when the app imports packages the image would
+    lack, MissingPackages instead with `strict`; one line naming the condaFile's conda-only packages.
+    A local service runs in this environment, which the check does not describe."""
+    from mlscore.deploy import dependencies
+
+    if isinstance(deployment, LocalConfig):
+        return
+    try:
+        found = dependencies.check(inference)
+    except ValueError as error:  # a condaFile that is not one, a config without its folder
+        raise DeployError(f"service {name}: {error}") from None
+    conda_only = found.conda_only_line()
+    if conda_only is not None:
+        progress(f"warning: service {name}: {conda_only}")
+    missing = found.missing_line()
+    if missing is None:
+        return
+    if strict:
+        raise MissingPackages(f"service {name}: {missing} (strict: no image is built without them)")
+    progress(f"warning: service {name}: {missing}")
 
 
 def _run(registry: Registry, name: str, versions: list[ModelVersion], inference: InferenceConfig,

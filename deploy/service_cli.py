@@ -31,6 +31,9 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="the deployment config JSON (computeType and its fields)")
     deploy.add_argument("--output", type=Path, metavar="DIR",
                         help="where aci and aks write the build context and manifests (default: under the registry)")
+    deploy.add_argument("--strict", action="store_true",
+                        help="aci and aks: refuse (exit 2) when the entry script imports packages that neither the "
+                             "condaFile nor mlscore's dependencies provide, instead of warning")
 
     services = subparsers.add_parser("service", help="list, show, update and delete deployed services",
                                      description="Manage the services deployed from this registry.")
@@ -63,7 +66,8 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def run_service_command(args: argparse.Namespace) -> int:
-    """Run a parsed `deploy` or `service` command: 0 when done, 1 (with the reason on stderr) otherwise."""
+    """Run a parsed `deploy` or `service` command: 0 when done, 1 (with the reason on stderr) otherwise, 2 when
+    `deploy --strict` refuses an image that would lack packages."""
     from mlscore.deploy.configs import ConfigError
     from mlscore.deploy.image import ImageError  # the targets load when a command runs, not for the parser
     from mlscore.deploy.kubernetes import KubectlError
@@ -74,6 +78,9 @@ def run_service_command(args: argparse.Namespace) -> int:
             _deploy(registry, args)
         else:
             _COMMANDS[args.service_command](registry, args)
+    except service.MissingPackages as error:
+        print(f"mlscore: error: {error}", file=sys.stderr)
+        return 2
     except (service.DeployError, ConfigError, RegistryError, ImageError, KubectlError) as error:
         print(f"mlscore: error: {error}", file=sys.stderr)
         return 1
@@ -85,7 +92,8 @@ def _deploy(registry: Registry, args: argparse.Namespace) -> None:
 
     inference = load_inference_config(args.inference_config)
     deployment = load_deployment_config(args.deployment_config)
-    service.deploy(registry, args.name, args.models, inference, deployment, args.output, progress=_say)
+    service.deploy(registry, args.name, args.models, inference, deployment, args.output, progress=_say,
+                   strict=args.strict)
 
 
 def _list(registry: Registry, args: argparse.Namespace) -> None:

@@ -1,5 +1,5 @@
-"""Images built and run for real with podman: the top-level runtime Dockerfile, and the build context
-made for examples/diabetes, each scoring through the container.
+"""Images built and run for real with podman: the top-level runtime Dockerfile, and examples/diabetes
+deployed to the aci target with its own environment, each scoring through the container.
 
 No registry is assumed reachable, so the base is made here: Debian bookworm with python3 by
 debootstrap from the host's Debian mirror (cached as a tarball under ~/.cache/mlscore), then
@@ -9,6 +9,7 @@ arguments and its CA bundle as the build secret `pip-ca`. Slow and opt-in: `make
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -22,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlscore.deploy.configs import load_inference_config
-from mlscore.deploy import image
-from mlscore.deploy.registry import Registry
+from mlscore.deploy import image, service
+from mlscore.deploy.configs import load_deployment_config, load_inference_config
+from mlscore.deploy.registry import Registry, RegistryError
 
 ROOT = Path(__file__).resolve().parent.parent
 DIABETES = ROOT / "examples" / "diabetes"
@@ -179,6 +180,18 @@ def container_name() -> Iterator[str]:
     image.remove("podman", name)
 
 
+@pytest.fixture
+def deployed_here(tmp_path: Path) -> Iterator[tuple[Registry, str]]:
+    """A registry and a service name; the service's container and image are removed after the test."""
+    registry, name = Registry(tmp_path / "registry"), f"diabetes-test-{os.getpid()}"
+    yield registry, name
+    image.remove("podman", f"mlscore-{name}")
+    try:
+        podman("rmi", "--force", registry.get_service(name).details["image"])
+    except (RegistryError, KeyError):
+        pass  # never recorded, or recorded without an image
+
+
 def _predictions(response: httpx.Response) -> list[float]:
     assert response.status_code == 200, response.text
     body = response.json()
@@ -213,27 +226,31 @@ def test_runtime_image_from_the_top_level_dockerfile_scores_the_diabetes_example
     assert podman("healthcheck", "run", container_name).returncode == 0
 
 
-def test_build_context_for_the_diabetes_example_builds_runs_and_asks_for_the_key(
-        base_image, built_images, container_name, tmp_path):
-    (tmp_path / "env.yml").write_text("dependencies:\n  - python=3.11\n  - scikit-learn\n  - joblib\n")
-    inference = load_inference_config(
-        {"entryScript": "score.py", "sourceDirectory": str(DIABETES), "condaFile": "env.yml", "baseImage": base_image},
-        base_dir=tmp_path)
-    registry = Registry(tmp_path / "registry")
-    models = [registry.register("diabetes", DIABETES / "models" / "sklearn_regression_model.pkl")]
-    key = "container-test-key"
-    context = image.write_build_context(tmp_path / "context", "diabetes", inference, models,
-                                  {"MLSCORE_AUTH_KEYS": key, "MLSCORE_DEVICE": "cpu"})
+def test_the_diabetes_example_deploys_with_its_own_environment_to_an_image_that_scores_with_a_key(
+        base_image, deployed_here, tmp_path, monkeypatch):
+    """`mlscore deploy` of examples/diabetes as its inferenceconfig.json gives it (environment.yml with
+    joblib and scikit-learn as its condaFile), on the aci target with podman: the image has what
+    score.py and the pickled model need, so init() loads it and /score answers."""
+    registry, name = deployed_here
+    inference = dataclasses.replace(load_inference_config(DIABETES / "inferenceconfig.json"), base_image=base_image)
+    registry.register("diabetes", DIABETES / "models" / "sklearn_regression_model.pkl")
+    build = image.build
+    monkeypatch.setattr(image, "find_engine", lambda: "podman")
+    monkeypatch.setattr(image, "build", lambda context, engine: build(
+        context, engine, ["--format", "docker", "--isolation", "chroot", *_pip_build_args()]))
+    said: list[str] = []
 
-    built_images.append(context.image)
-    image.build(context, "podman", ["--format", "docker", "--isolation", "chroot", *_pip_build_args()])
-    port = _free_port()
-    container = image.run(context, "podman", port, container_name)
-    url = f"http://127.0.0.1:{port}"
-    assert image.wait_ready("podman", container, url, print), image.logs("podman", container, 40)
+    deployed = service.deploy(registry, name, ["diabetes:1"], inference,
+                              load_deployment_config({"computeType": "aci", "authEnabled": True}),
+                              output=tmp_path / "context", progress=said.append)
 
-    assert httpx.post(f"{url}/score", json=SAMPLE, timeout=30).status_code == 401
-    scored = httpx.post(f"{url}/score", json=SAMPLE, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert deployed.record.state == "Healthy", "\n".join(said)
+    assert not [line for line in said if line.startswith("warning:")], said  # the check found nothing missing
+    assert (tmp_path / "context" / "requirements.txt").read_text().splitlines() == ["joblib>=1.3", "scikit-learn>=1.3"]
+    url = deployed.scoring_uri
+    assert httpx.post(url, json=SAMPLE, timeout=30).status_code == 401
+    key = deployed.keys.primary_key
+    scored = httpx.post(url, json=SAMPLE, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert len(_predictions(scored)) == 1
-    inspected = podman("image", "inspect", "--format", "{{.Config.Env}}", context.image).stdout
+    inspected = podman("image", "inspect", "--format", "{{.Config.Env}}", deployed.details["image"]).stdout
     assert key not in inspected and "AZUREML_MODEL_DIR=/var/azureml-app/azureml-models/diabetes/1" in inspected

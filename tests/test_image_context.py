@@ -4,9 +4,11 @@ and the top-level runtime Dockerfile."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import ssl
 import subprocess
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -273,6 +275,32 @@ def test_conda_dependencies_become_pip_requirements_and_the_dockerfile_says_whic
     assert f"/tmp/mlscore-build/{wheel.name} --requirement /tmp/mlscore-build/requirements.txt" in install
 
 
+def test_conda_only_packages_stay_out_of_requirements_and_the_dockerfile_says_so(tmp_path, app, registry, wheel):
+    (tmp_path / "env.yml").write_text("dependencies:\n  - libgomp\n  - scikit-learn\n")
+
+    context = write(tmp_path, config(tmp_path, condaFile="env.yml"), [model(registry, tmp_path)], wheel)
+
+    assert (context.path / "requirements.txt").read_text() == "scikit-learn\n"
+    assert ("# condaFile: libgomp skipped: conda-only (no PyPI package of that name): not installed; add it with "
+            "extraDockerFileSteps") in dockerfile_of(context)
+
+
+def test_the_diabetes_examples_context_installs_joblib_and_scikit_learn(tmp_path, registry, wheel):
+    diabetes = ROOT / "examples" / "diabetes"
+    (tmp_path / "model.pkl").write_bytes(b"a pickled Ridge")
+    models = [registry.register("sklearn_regression_model.pkl", tmp_path / "model.pkl")]
+
+    context = write_build_context(tmp_path / "context", "diabetes",
+                                  load_inference_config(diabetes / "inferenceconfig.json"), models, {}, wheel=wheel)
+
+    requirements = (context.path / "requirements.txt").read_text().splitlines()
+    assert [line.split(">=")[0] for line in requirements] == ["joblib", "scikit-learn"]
+    dockerfile = dockerfile_of(context)
+    install = next(run for keyword, run in instructions(dockerfile) if keyword == "RUN" and "pip install" in run)
+    assert "--requirement /tmp/mlscore-build/requirements.txt" in install
+    assert "# condaFile: python=3.11 skipped: the image's own Python runs mlscore" in dockerfile
+
+
 def test_conda_file_without_a_dependency_list_is_refused(tmp_path, app, registry, wheel):
     (tmp_path / "env.yml").write_text("dependencies: numpy\n")
 
@@ -427,6 +455,24 @@ def test_wait_ready_gives_up_when_the_container_has_stopped(monkeypatch):
 
     assert image.wait_ready("podman", "abc123", "http://127.0.0.1:9", said.append, timeout=30) is False
     assert said == ["waiting for http://127.0.0.1:9/health/ready"]
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_build_output_reaches_a_stderr_that_has_no_file_descriptor(tmp_path, monkeypatch, status):
+    engine = tmp_path / "engine"
+    engine.write_text(f"#!/bin/sh\necho \"STEP 1/9: $1 $2 $3\"\necho to-stderr >&2\nexit {status}\n")
+    engine.chmod(0o755)
+    captured = io.StringIO()  # as under pytest's sys capture: fileno() raises
+    monkeypatch.setattr(sys, "stderr", captured)
+    context = BuildContext(tmp_path, "churn", "mlscore-churn:abc", False, {})
+
+    if status:
+        with pytest.raises(image.ImageError, match="failed \\(exit 3\\)"):
+            image.build(context, str(engine))
+    else:
+        image.build(context, str(engine))
+
+    assert captured.getvalue() == "STEP 1/9: build --tag mlscore-churn:abc\nto-stderr\n"
 
 
 def test_find_engine_passes_over_a_docker_client_without_a_daemon(monkeypatch):
