@@ -1,10 +1,12 @@
 """The HTTP/1.1 connection: uvicorn's httptools protocol with the limits it lacks. httptools buffers
 a request's headers without bound and uvicorn times out only idle kept-alive connections, so a
 client could hold a connection (and memory) by sending slowly or without end. Here the headers are
-bounded in size (431) and in time (408), a body that stops arriving closes its connection, a new
-connection that sends nothing is closed like an idle kept-alive one, and connections past a
-bound have their request answered 503. Each request on a connection, pipelined or not, is held to
-these limits on its own, and a refused request is answered after the requests before it.
+bounded in size (431) and in time (408), a body that stops arriving or arrives too slowly (under a
+minimum rate, after a grace period) closes its connection, a new connection that sends nothing is
+closed like an idle kept-alive one, and connections past a bound have their request answered 503,
+except the health probes: slow clients that fill the connection table must not make a liveness
+probe restart a healthy server. Each request on a connection, pipelined or not, is held to these
+limits on its own, and a refused request is answered after the requests before it.
 
 The checks cost nothing on a request that arrives in one read: the timers are armed only when a
 request is split across reads, and headers are counted one by one only when a read is longer than
@@ -24,7 +26,8 @@ import asyncio
 import functools
 import inspect
 import logging
-from typing import Any, Callable, Protocol
+import math
+from typing import Any, Callable, Iterable, Protocol
 
 import orjson
 import uvicorn
@@ -33,6 +36,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from mlscore.server.request_ids import pick_headers
+from mlscore.server.settings import Settings
 
 logger = logging.getLogger("mlscore.server")
 
@@ -115,7 +119,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 1024
     header_timeout = 10.0
     body_timeout = 30.0
+    body_min_rate = 500  # bytes a second a body averages, after its first body_timeout seconds; 0: no bound
     max_connections = 10_000
+    health_paths: frozenset[bytes] = frozenset()  # answered to GET and HEAD past max_connections too
     direct_handler: DirectHandler | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -128,6 +134,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_shared = 0  # of those, the bytes of its first read when an earlier request came in it too
         self._refusal: bytes | None = None  # the answer to a refused request, once the earlier ones are answered
         self._last_body_at = 0.0
+        self._body_started_at = 0.0  # the end of the body's headers, later after reading paused for the app
+        self._body_bytes = 0  # of the body being read
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._refused = False
@@ -167,9 +175,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         if self._in_body:
-            if self._body_timer is None:
-                self._last_body_at = self.loop.time()
-                self._body_timer = self.loop.call_later(self.body_timeout, self._body_stalled)
+            if self._body_timer is None:  # the read that ended the headers: its time is theirs
+                self._last_body_at = self._body_started_at = self.loop.time()
+                self._body_timer = self.loop.call_later(self.body_timeout, self._body_late)
             return
         if not self._in_head:
             return
@@ -199,12 +207,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes > self.max_header_bytes and self._exact_header_bytes() > self.max_header_bytes:
             self._refuse(431, f"The request line and headers are over the limit of {self.max_header_bytes} bytes.")
             return
-        if self._over_limit:
+        if self._over_limit and not self._asks_for_health():
             self._refuse(503, f"Too many open connections (the limit is {self.max_connections}); retry later.",
                          [(b"retry-after", b"1")])
             return
         self._in_head = False
         self._in_body = True
+        self._body_bytes = 0
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -213,6 +222,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.scope = self._new_scope(self.headers)
         super().on_headers_complete()
+        if self._over_limit:
+            # A probe answered past the bound: its connection closes after the answer rather than
+            # stay open and count against the bound.
+            self.cycle.keep_alive = False
+
+    def _asks_for_health(self) -> bool:
+        """The request is a GET or HEAD of a health route (with or without a query string), not an upgrade."""
+        return (self.parser.get_method() in (b"GET", b"HEAD") and self.url.partition(b"?")[0] in self.health_paths
+                and not self.parser.should_upgrade())
 
     def _new_scope(self, headers: list[tuple[bytes, bytes]]) -> Any:
         """A request's ASGI scope as uvicorn's on_message_begin makes it, leaving alone the parser's
@@ -249,6 +267,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         if self._refused:
             return
+        self._body_bytes += len(body)
         if self._body_timer is not None:
             self._last_body_at = self.loop.time()
         if self._reading_direct:
@@ -334,19 +353,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(408, f"The request headers did not arrive within {self.header_timeout:g} seconds.")
 
-    def _body_stalled(self) -> None:
+    def _body_late(self) -> None:
+        """A body gets a 408 when it pauses for body_timeout seconds, or when it is not in by its
+        deadline: body_timeout seconds from the end of its headers, plus one more per body_min_rate
+        bytes received. The pause bound alone let a byte every few seconds hold a connection for as
+        long as the body was long."""
         self._body_timer = None
         if not self._in_body or self._refused:
             return
         now = self.loop.time()
         if self.flow.read_paused:
-            # Reading is paused while the app is not taking the body: the client is not to blame.
+            # Reading is paused while the app is not taking the body: the client is not to blame, and
+            # has body_timeout seconds again from now, as at the end of the headers.
             self._last_body_at = now
-        waited = now - self._last_body_at
-        if waited < self.body_timeout:
-            self._body_timer = self.loop.call_later(self.body_timeout - waited, self._body_stalled)
+            if self.body_min_rate:
+                self._body_started_at = max(self._body_started_at, now - self._body_bytes / self.body_min_rate)
+        paused_until = self._last_body_at + self.body_timeout
+        if now >= paused_until:
+            self._refuse(408, f"The request body stopped arriving for {self.body_timeout:g} seconds.")
             return
-        self._refuse(408, f"The request body stopped arriving for {self.body_timeout:g} seconds.")
+        due = self._body_due()
+        if now >= due:
+            self._refuse(408, f"The request body arrived slower than {self.body_min_rate} bytes per second: "
+                              f"{self._body_bytes} bytes in {now - self._body_started_at:.0f} seconds.")
+            return
+        self._body_timer = self.loop.call_later(min(paused_until, due) - now, self._body_late)
+
+    def _body_due(self) -> float:
+        """When the body being read must be in, at the rate it has been given so far."""
+        if not self.body_min_rate:
+            return math.inf
+        return self._body_started_at + self.body_timeout + self._body_bytes / self.body_min_rate
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -387,22 +424,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = self._body_timer = None
 
 
-def protocol_class(max_header_bytes: int, header_timeout: float, body_timeout: float,
-                   max_connections: int, direct_handler: DirectHandler | None = None
-                   ) -> type[GuardedHttpToolsProtocol] | str:
-    """The protocol class for uvicorn's `http` setting, holding one server's limits (and the
+def protocol_class(settings: Settings, max_connections: int, health_paths: Iterable[str],
+                   direct_handler: DirectHandler | None = None) -> type[GuardedHttpToolsProtocol] | str:
+    """The protocol class for uvicorn's `http` setting, holding one listener's limits: the settings'
+    header and body limits, its bound on connections and the paths answered past it (and the
     handler of the scoring POSTs, when they are answered without ASGI). When this uvicorn lacks the
     internals the class builds on, uvicorn's own "httptools" protocol instead: every request through
-    ASGI, bodies bounded by the routes, connections by uvicorn's limit_concurrency, and no header or
-    body time limits (see `fallback_limits`)."""
+    ASGI, bodies bounded by the routes, connections by uvicorn's limit_concurrency (health routes
+    included), and no header or body time limits (see `fallback_limits`)."""
     missing = missing_internals()
     if missing:
         logger.warning("uvicorn %s lacks what mlscore's HTTP protocol builds on (%s): serving with uvicorn's "
                        "plain httptools protocol, without header and body time limits; install a uvicorn within "
                        "the range pyproject.toml pins", uvicorn.__version__, ", ".join(missing))
         return "httptools"
-    limits = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout,
-              "body_timeout": body_timeout, "max_connections": max_connections, "direct_handler": direct_handler}
+    limits = {"max_header_bytes": settings.max_header_bytes, "header_timeout": settings.header_timeout,
+              "body_timeout": settings.body_timeout, "body_min_rate": settings.body_min_rate,
+              "max_connections": max_connections, "health_paths": frozenset(path.encode() for path in health_paths),
+              "direct_handler": direct_handler}
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)
 
 

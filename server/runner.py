@@ -28,7 +28,7 @@ from mlscore.scoring.pipeline import ScoringPipeline
 from mlscore.scoring.kserve_v2 import model_metadata
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
-from mlscore.server.app import Executor, ScoreFirst, ServerState, create_app, create_health_app
+from mlscore.server.app import HEALTH_ROUTES, Executor, ScoreFirst, ServerState, create_app, create_health_app
 from mlscore.server.executors import InlineExecutor, ThreadExecutor
 from mlscore.server import logs
 from mlscore.server.data_collection import DataCollectionError, DataCollector
@@ -299,8 +299,7 @@ class Server(uvicorn.Server):
         apart, so that neither scoring nor a full connection table on the main port keeps a probe
         from its answer."""
         settings = self._launch.state.settings
-        http = protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
-                              HEALTH_MAX_CONNECTIONS)
+        http = protocol_class(settings, HEALTH_MAX_CONNECTIONS, HEALTH_ROUTES)
         config = uvicorn.Config(
             create_health_app(self._launch.state), lifespan="off", access_log=False, log_config=None,
             http=http, **fallback_limits(http, HEALTH_MAX_CONNECTIONS),
@@ -421,8 +420,8 @@ def serve(started: Started) -> int:
     app = create_app(started.state)
     scoring = app if isinstance(app, ScoreFirst) else getattr(app, "app", None)  # inside CORS middleware
     # httptools with limits on slow and oversized requests, and the scoring POSTs answered without ASGI
-    http = protocol_class(settings.max_header_bytes, settings.header_timeout, settings.body_timeout,
-                          settings.max_connections, scoring if isinstance(scoring, ScoreFirst) else None)
+    http = protocol_class(settings, settings.max_connections, HEALTH_ROUTES,
+                          scoring if isinstance(scoring, ScoreFirst) else None)
     config = uvicorn.Config(
         app,
         loop="uvloop",

@@ -12,6 +12,7 @@ import httpx
 import uvicorn
 
 from mlscore.server import protocol
+from mlscore.server.settings import Settings
 
 from conftest import SCRIPTS, start_server
 
@@ -26,7 +27,7 @@ def test_this_uvicorn_has_every_internal_the_protocol_builds_on():
 def test_without_those_internals_the_protocol_is_uvicorns_plain_one_bounded_by_limit_concurrency(monkeypatch, caplog):
     monkeypatch.setattr(protocol, "missing_internals", lambda: ("HttpToolsProtocol._start_asgi_task",))
     with caplog.at_level(logging.WARNING, logger="mlscore.server"):
-        http = protocol.protocol_class(65536, 10.0, 30.0, 100)
+        http = protocol.protocol_class(Settings.build({"entry_script": "x.py"}, environ={}), 100, ())
     assert http == "httptools"
     assert protocol.fallback_limits(http, 100) == {"limit_concurrency": 100}
     assert "lacks what mlscore's HTTP protocol builds on (HttpToolsProtocol._start_asgi_task)" in caplog.text
