@@ -317,6 +317,7 @@ class Server(uvicorn.Server):
         for sock in self._launch.health_sockets:
             self._health_servers.append(await loop.create_server(connection, sock=sock, ssl=config.ssl,
                                                                  backlog=config.backlog))
+
     async def _accept(self, sockets: list[socket.socket]) -> None:
         """Start accepting on the scoring sockets, as uvicorn's startup would have."""
         config = self.config
@@ -328,7 +329,6 @@ class Server(uvicorn.Server):
 
         for sock in sockets:
             self.servers.append(await loop.create_server(connection, sock=sock, ssl=config.ssl, backlog=config.backlog))
-
 
     def _close_health(self) -> None:
         for server in self._health_servers:
@@ -346,9 +346,9 @@ class Server(uvicorn.Server):
             self.exit_code = _cannot_start(error)
             self.should_exit = True
             return
+        use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
         if state.settings.accept_after_init and not self.should_exit:
             await self._accept(self._launch.sockets)
-        use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
         gc.freeze()  # see worker_main: what start-up made is left out of later full collections
         readiness = "ready" if state.ready else f"not ready: {state.not_ready_reason}"
         logger.info("serving %s on %s (%s; executor %s)", state.settings.entry_script or state.settings.model,
