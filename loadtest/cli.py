@@ -16,19 +16,21 @@ import mimetypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlscore.loadtest import LOCUSTFILE
 from mlscore.loadtest.report import (
     PROGRESS_MARK, THRESHOLDS, Sample, Summary, Threshold, ThresholdError, format_sample, format_summary,
     parse_fail_on, read_failures_csv, write_plot, write_timeline,
 )
-from mlscore.loadtest.target import KEY_ENV, Target, TargetError, resolve, send_once
+from mlscore.loadtest.target import FETCH_TIMEOUT_S, KEY_ENV, Target, TargetError, resolve, send_once, split_url
 
 EXIT_OK = 0
 EXIT_THRESHOLD_CROSSED = 1  # also: no request completed at all
@@ -147,6 +149,7 @@ def run_loadtest_command(args: argparse.Namespace) -> int:
 
 def loadtest(plan: Plan) -> int:
     try:
+        _check_listening(plan.url)
         target = resolve(plan.url, payload=plan.payload, content_type=plan.content_type, key=plan.key)
         _say(f"load testing {target.url}: {plan.users} users (spawn {plan.spawn_rate:g}/s) for {plan.duration_s} s, "
              f"posting {len(target.body)} bytes of {target.content_type}: {target.source}")
@@ -161,6 +164,29 @@ def loadtest(plan: Plan) -> int:
     run = _LocustRun(plan, target, request_file)
     interrupted = run.wait()
     return _report(plan, run, interrupted)
+
+
+def _check_listening(url: str) -> None:
+    """TargetError when nothing takes a connection at the URL's host and port: said as such, rather
+    than as the failure of the first thing asked of the service."""
+    split_url(url)  # TargetError when it is no http(s) URL
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:  # a port out of range
+        raise TargetError(f"{url}: {error}") from None
+    try:
+        socket.create_connection((host, port), timeout=FETCH_TIMEOUT_S).close()
+    except socket.gaierror as error:
+        raise TargetError(f"{url}: the host {host!r} is not known ({error.strerror})") from None
+    except TimeoutError:
+        raise TargetError(f"{url}: no connection to {parts.netloc} within {FETCH_TIMEOUT_S:g} s") from None
+    except ConnectionRefusedError:
+        raise TargetError(f"{url}: nothing listens on {parts.netloc} (connection refused); is the service "
+                          "running, on that port?") from None
+    except OSError as error:
+        raise TargetError(f"{url}: cannot connect to {parts.netloc} ({error.strerror or error})") from None
 
 
 def _check_first_request(target: Target) -> str | None:

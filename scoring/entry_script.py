@@ -1,7 +1,8 @@
 """Loading a user's entry script from its file and running its `init()`.
 
 Every way a script can be unusable (missing file, syntax error, no `run`, a bad `run` signature,
-an `init()` that raises) becomes one `EntryScriptError` naming the script and the cause.
+an `init()` that raises) becomes one `EntryScriptError` naming the script and the cause, with the
+traceback of the user's own code when the cause is in it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,10 +25,19 @@ MODULE_NAME = "_mlscore_entry_script"
 class EntryScriptError(Exception):
     """The entry script cannot serve; `str()` is the one line that says which script and why."""
 
-    def __init__(self, script: Path | str, cause: str) -> None:
+    def __init__(self, script: Path | str, cause: str, user_traceback: str = "") -> None:
         super().__init__(f"entry script {script}: {cause}")
         self.script = script
         self.cause = cause
+        self._user_traceback = user_traceback  # given when the error comes from another process
+
+    @property
+    def user_traceback(self) -> str:
+        """The traceback of the user's code that caused this, without mlscore's frames; "" when the
+        cause is not in their code (a missing file, no run(), a device that is not there)."""
+        if self._user_traceback or self.__cause__ is None:
+            return self._user_traceback
+        return format_user_traceback(self.__cause__)
 
 
 @dataclass(slots=True)
@@ -118,6 +129,37 @@ def _import_from_file(path: Path) -> ModuleType:
         sys.modules.pop(MODULE_NAME, None)
         raise EntryScriptError(path, f"importing it raised {_describe(error)}") from error
     return module
+
+
+def format_user_traceback(error: BaseException) -> str:
+    """`error`'s traceback as Python prints it, less the frames of mlscore's modules and of the import
+    machinery: what is left is the user's code and the libraries it called. Frames are told apart
+    by module, not by folder: in a checkout the scripts of tests/ and examples/ sit inside the
+    package's folder. "" when nothing of theirs is left (every frame was ours)."""
+    ours = {os.path.realpath(module.__file__) for name, module in list(sys.modules.items())
+            if (name == "mlscore" or name.startswith("mlscore.")) and getattr(module, "__file__", None)}
+    report = traceback.TracebackException.from_exception(error)
+    kept = 0
+    for part in _chain(report):
+        frames = [frame for frame in part.stack
+                  if not frame.filename.startswith("<frozen ") and os.path.realpath(frame.filename) not in ours]
+        part.stack = traceback.StackSummary.from_list(frames)
+        kept += len(frames)
+    if not kept and not isinstance(error, SyntaxError):  # a SyntaxError names the user's line itself
+        return ""
+    return "".join(report.format()).rstrip("\n")
+
+
+def _chain(report: traceback.TracebackException) -> list[traceback.TracebackException]:
+    """The report and the exceptions it was raised from or while handling."""
+    parts: dict[int, traceback.TracebackException] = {}
+    pending = [report]
+    while pending:
+        part = pending.pop()
+        if id(part) not in parts:
+            parts[id(part)] = part
+            pending.extend(linked for linked in (part.__cause__, part.__context__) if linked is not None)
+    return list(parts.values())
 
 
 def _forget_schemas(module_name: str) -> None:

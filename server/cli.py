@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from mlscore import __version__
 from mlscore.deploy.model_cli import add_model_commands, run_model_command
@@ -128,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse hands a subcommand's unknown flags up to the top-level parser, whose usage would
+        # not list the subcommand's flags: the subcommand's parser says it instead.
+        _unrecognized(_given_command(parser, args), unknown)
     if args.command == "devices":
         return _list_devices()
     if args.command == "model":
@@ -153,6 +158,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mlscore: error: {error}", file=sys.stderr)
         return runner.EXIT_BAD_SETTINGS
     return runner.run(settings)
+
+
+def _given_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command the arguments chose, however deep (argparse offers no public way
+    to its subparsers)."""
+    while True:
+        commands = next((action for action in parser._actions if isinstance(action, argparse._SubParsersAction)), None)
+        chosen = getattr(args, commands.dest, None) if commands is not None else None
+        if commands is None or chosen not in commands.choices:
+            return parser
+        parser = commands.choices[chosen]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> NoReturn:
+    """Exit 2 with the command's usage and the unknown arguments, naming the flag meant when one is close."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    guesses: list[str] = []
+    for given in unknown:
+        if given.startswith("--"):
+            guesses += difflib.get_close_matches(given.split("=", 1)[0], flags, n=1, cutoff=0.75)
+    hint = f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)" if guesses else ""
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 def _list_devices() -> int:

@@ -343,7 +343,7 @@ class Server(uvicorn.Server):
             executor, warm_up_error = await _in_daemon_thread(launch_executor, state, self._launch.pipeline)
             await executor.start()
         except Exception as error:
-            self.exit_code = _cannot_start(error)
+            self.exit_code = _cannot_start(error, state.settings)
             self.should_exit = True
             return
         use_executor(state, executor, warm_up_error, time.monotonic() - init_started)
@@ -497,25 +497,39 @@ def run(settings: Settings, notes: Sequence[str] = ()) -> int:
     configure_logging(settings.log_level, settings.log_format)
     for note in notes:
         logger.info("%s", note)
-    summary = settings.redacted()
-    logger.info("settings: %s", summary, extra={"settings": summary})
+    logger.info("settings: %s", settings.summary(), extra={"settings": settings.given()})
+    logger.debug("every setting: %s", settings.redacted())
     try:
         started = start(settings)
     except (StartupError, EntryScriptError) as error:
-        return _cannot_start(error)
+        return _cannot_start(error, settings)
     return serve(started)
 
 
-def _cannot_start(error: Exception) -> int:
-    """Log why the server cannot start, in one line (with the traceback where there is one); the exit status."""
+def _cannot_start(error: Exception, settings: Settings) -> int:
+    """Log why the server cannot start in one line naming what and where, with the traceback of the
+    user's code when the cause is in it (our own frames only at debug level); the exit status."""
     if isinstance(error, StartupError):
         logger.error("cannot start: %s", error)
         return error.exit_code
     if isinstance(error, EntryScriptError):
-        logger.error("cannot start: %s", error, exc_info=error.__cause__ or error)
+        served = "model" if settings.model is not None else "entry script"
+        cause = error.cause.removeprefix(f"{error.script}: ")  # a cause may name the file as well
+        _log_error(f"cannot start: {served} {error.script}: {cause}", error.user_traceback)
+        logger.debug("the same error, through mlscore's frames", exc_info=error)
         return EXIT_STARTUP_FAILED
-    logger.error("cannot start: %s: %s", type(error).__name__, error, exc_info=error)
+    logger.error("cannot start: %s: %s", type(error).__name__, error, exc_info=error)  # ours: the whole traceback
     return EXIT_STARTUP_FAILED
+
+
+def _log_error(message: str, user_traceback: str) -> None:
+    """An error line followed by a traceback given as text (from a worker, or trimmed to the user's
+    frames), where a log shows an exception's: below the line, or in the JSON line's `exception`."""
+    if not logger.isEnabledFor(logging.ERROR):
+        return
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    record.exc_text = user_traceback or None
+    logger.handle(record)
 
 
 def load_script(settings: Settings) -> Pipeline:

@@ -351,6 +351,35 @@ class Settings:
         shown["ssl_key_password"] = "set" if self.ssl_key_password else None
         return {key: str(value) if isinstance(value, Path) else value for key, value in shown.items()}
 
+    def given(self) -> dict[str, Any]:
+        """The redacted settings that a flag, a variable or a config file set: the others are defaults."""
+        shown = self.redacted()
+        return {name: shown[name] for name, source in self.sources.items() if source != "default"}
+
+    def summary(self) -> str:
+        """The start-up log's settings line: `name=value` for each setting given, with where it came
+        from when that was not its flag (`executor=threads (MLSCORE_EXECUTOR)`)."""
+        pairs = []
+        for name, value in self.given().items():
+            origin = _origin(self.sources[name])
+            pairs.append(f"{name}={_shown(value)}" + (f" ({origin})" if origin else ""))
+        return ", ".join(pairs) or "all defaults"
+
+
+def _origin(label: str) -> str:
+    """Where a setting's value came from, short: "" for a flag, the variable's name, or which file."""
+    if label.startswith("-"):
+        return ""
+    name, _, file = label.partition(" (")
+    return file.rstrip(")") if file else name
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(item) for item in value)
+    text = str(value)
+    return repr(text) if not text or "," in text else text  # the line's pairs are comma-separated
+
 
 def _lookup(
     setting: Setting, cli: Mapping[str, Any], environ: Mapping[str, str], config: Mapping[str, Any],
@@ -425,14 +454,39 @@ def tls_context(cert: Path, key: Path | None, password: str | None) -> ssl.SSLCo
     except PermissionError as error:
         raise TlsError(f"{error.filename or cert}: cannot be read ({error.strerror})") from None
     except ssl.SSLError as error:
-        reason = getattr(error, "reason", None) or str(error)
-        if reason == "KEY_VALUES_MISMATCH":
-            raise TlsError("the key does not belong to the certificate (KEY_VALUES_MISMATCH)") from None
-        raise TlsError(f"not a usable PEM certificate and key ({reason}; an encrypted key needs "
-                       "MLSCORE_SSL_KEY_PASSWORD)") from None
+        raise TlsError(_unusable_pair(cert, key, password, getattr(error, "reason", None) or str(error))) from None
     except OSError as error:
         raise TlsError(f"cannot be read: {error}") from None
     return context
+
+
+def _unusable_pair(cert: Path, key: Path | None, password: str | None, reason: str) -> str:
+    """Why OpenSSL refused a certificate and key, in words: its own reason is often just "PEM lib"."""
+    if reason == "KEY_VALUES_MISMATCH":
+        return (f"the key does not belong to the certificate: {key} is not the key of {cert}" if key is not None
+                else f"the key does not belong to the certificate: {cert} holds a key of another certificate")
+    cert_text = _read(cert)
+    key_text = cert_text if key is None else _read(key)
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        return f"{cert} holds no PEM certificate (a -----BEGIN CERTIFICATE----- block)"
+    if b"PRIVATE KEY-----" not in key_text:
+        if key is None:
+            return (f"{cert} holds a certificate but no private key: give the key with --ssl-key (or "
+                    "MLSCORE_SSL_KEY), or append it to that file")
+        return f"{key} holds no PEM private key (a -----BEGIN PRIVATE KEY----- block)"
+    if b"ENCRYPTED" in key_text:
+        if password:
+            return f"the key in {key or cert} is encrypted, and MLSCORE_SSL_KEY_PASSWORD does not open it"
+        return f"the key in {key or cert} is encrypted: give its password in MLSCORE_SSL_KEY_PASSWORD"
+    files = f"{cert} and {key}" if key is not None else str(cert)
+    return f"{files}: not a usable PEM certificate and key ({reason})"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def read_config_file(path: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import AsyncIterator
 
 import orjson
 
-from mlscore.scoring.entry_script import EntryScriptError
+from mlscore.scoring.entry_script import EntryScriptError, resolve_script_path
 from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import error_response
 from mlscore.server import logs
@@ -194,7 +194,9 @@ def spawn_worker(settings: Settings) -> Worker:
         process.join(timeout=5)
         front.close()
         cause = message["init_error"] if message else f"the worker exited with status {process.exitcode}"
-        raise EntryScriptError(settings.entry_script or "?", cause)
+        served = (settings.model.resolve() if settings.model is not None
+                  else resolve_script_path(settings.entry_script or "", settings.app_root))
+        raise EntryScriptError(served, cause, message.get("traceback", "") if message else "")
     return Worker(process, front, pid=message["pid"], warm_up_error=message.get("warm_up_error", ""),
                   rss_after_init_mb=message.get("rss_after_init_mb", 0))
 

@@ -264,8 +264,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
     try:
         pipeline = load_pipeline(settings)
     except EntryScriptError as error:
-        logger.error("worker %d: %s", os.getpid(), error, exc_info=error.__cause__ or error)
-        sock.sendall(control_frame({"init_error": error.cause}))
+        # The front says why, once, with the user's traceback; the full one (our frames too) is for debugging.
+        logger.debug("worker %d: %s", os.getpid(), error, exc_info=error)
+        sock.sendall(control_frame({"init_error": error.cause, "traceback": error.user_traceback}))
         raise SystemExit(3)
     warm_up_error = warm_up(pipeline)
     # From here on the front decides when this worker stops: a stop signal sent to the whole process

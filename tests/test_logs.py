@@ -79,7 +79,7 @@ def test_text_logs_tag_prints_from_run_with_the_request_id_and_have_no_access_li
     assert "WARNING" in log.split("stderr: [client-7] a warning on stderr")[0].splitlines()[-1]
     assert "chatty: [client-7] logged from run()" in log
     assert "mlscore.access" not in log
-    assert "settings: {" in log
+    assert "settings: entry_script=" in log and "executor=threads" in log
 
 
 def test_text_access_lines_when_turned_on(tmp_path):

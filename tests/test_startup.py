@@ -97,7 +97,7 @@ def test_config_file_keys_are_environment_names_and_the_cli_wins(tmp_path):
     server = start_server(tmp_path, "--config", str(config))
     try:
         assert httpx.post(server.url + "/score", content=b"x").status_code == 200
-        assert "'port': 0" in server.log()
+        assert "port=0" in server.log()
     finally:
         server.stop()
 

@@ -122,7 +122,8 @@ def test_mismatched_certificate_and_key_stop_the_start(tmp_path, certificate):
     result = run_server_to_exit(tmp_path, "--entry-script", str(SCRIPTS / "plain_echo.py"),
                                 "--ssl-cert", str(cert), "--ssl-key", str(other_key))
     assert result.returncode == 2
-    assert "--ssl-cert and --ssl-key: the key does not belong to the certificate" in result.stderr
+    assert (f"--ssl-cert and --ssl-key: the key does not belong to the certificate: {other_key} is not the key of "
+            f"{cert}") in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
