@@ -520,7 +520,9 @@ class ProcessExecutor:
                 worker = await loop.run_in_executor(None, spawn_worker, self._settings)
             except EntryScriptError as error:
                 self._problem = f"a replacement worker's init() failed: {error.cause}; retrying in {delay:g} s"
-                logger.error("%s", self._problem)
+                # The script's own traceback once, with the first failure; each retry is a line.
+                first = delay == 0.5 and error.user_traceback
+                logger.error("%s%s", self._problem, f"\n{error.user_traceback.rstrip()}" if first else "")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
