@@ -6,14 +6,17 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
+from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 
 # Each test in a child process that may crash without taking the run with it (tests/crash_guard.py).
@@ -228,3 +231,32 @@ def client_for():
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+# --- raw sockets (tests of the HTTP layer) ---------------------------------------------------
+
+def connect(server: Server) -> socket.socket:
+    address = urlsplit(server.url)
+    return socket.create_connection((address.hostname, address.port), timeout=10)
+
+
+def read_until_closed(sock: socket.socket, within: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails if it does not in time)."""
+    deadline = time.monotonic() + within
+    received = b""
+    while True:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError(f"the connection was still open after {within} s; received {received[:200]!r}")
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def status_and_body(response: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(body) if body else {}

@@ -5,15 +5,13 @@ NaN and Infinity are 400s, never a crash."""
 
 from __future__ import annotations
 
-import socket
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 import pytest
 
-from conftest import EXAMPLES, SCRIPTS, Server, start_server
+from conftest import EXAMPLES, SCRIPTS, Server, connect, read_until_closed, start_server, status_and_body
 from mlscore.server.settings import Settings, SettingsError
 
 MAX_BODY = 1000
@@ -30,33 +28,6 @@ def limits_server(tmp_path_factory) -> Server:
     )
     yield server
     server.stop()
-
-
-def connect(server: Server) -> socket.socket:
-    address = urlsplit(server.url)
-    return socket.create_connection((address.hostname, address.port), timeout=10)
-
-
-def read_until_closed(sock: socket.socket, within: float) -> bytes:
-    """Everything the server sends until it closes the connection (fails if it does not in time)."""
-    deadline = time.monotonic() + within
-    received = b""
-    while True:
-        sock.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            raise AssertionError(f"the connection was still open after {within} s; received {received[:200]!r}")
-        except ConnectionResetError:
-            return received
-        if not chunk:
-            return received
-        received += chunk
-
-
-def status_and_body(response: bytes) -> tuple[int, dict]:
-    head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), orjson.loads(body)
 
 
 # --- body size --------------------------------------------------------------------------------

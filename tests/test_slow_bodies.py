@@ -9,7 +9,6 @@ import select
 import socket
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -17,7 +16,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from conftest import SCRIPTS, Server, start_server
+from conftest import SCRIPTS, Server, connect, read_until_closed, start_server, status_and_body
 from mlscore.server import protocol
 from mlscore.server.protocol import DirectRequest
 from mlscore.server.settings import Settings
@@ -38,11 +37,6 @@ def rate_server(tmp_path_factory) -> Server:
     server.stop()
 
 
-def connect(server: Server) -> socket.socket:
-    address = urlsplit(server.url)
-    return socket.create_connection((address.hostname, address.port), timeout=10)
-
-
 def trickle(sock: socket.socket, body: bytes, chunk: int, every: float, within: float) -> None:
     """Send `body`, `chunk` bytes every `every` seconds on a fixed schedule, until it is all sent or
     the server answers (its answer is then left to read); fails if neither happens within `within`."""
@@ -56,28 +50,6 @@ def trickle(sock: socket.socket, body: bytes, chunk: int, every: float, within: 
             sock.sendall(body[start:start + chunk])
         except OSError:  # the server closed the connection: its answer, if any, is read next
             return
-
-
-def read_until_closed(sock: socket.socket, within: float) -> bytes:
-    """Everything the server sends until it closes the connection (fails if it does not in time)."""
-    deadline = time.monotonic() + within
-    received = b""
-    while True:
-        sock.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            raise AssertionError(f"the connection was still open after {within} s; received {received[:200]!r}")
-        except ConnectionResetError:
-            return received
-        if not chunk:
-            return received
-        received += chunk
-
-
-def status_and_body(response: bytes) -> tuple[int, dict[str, Any]]:
-    head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), orjson.loads(body) if body else {}
 
 
 def post_head(length: int) -> bytes:
