@@ -163,14 +163,18 @@ class Worker:
     rss_after_init_mb: int = 0
     connection: WorkerConnection | None = field(default=None, repr=False)
     # Recycling (--worker-max-requests, --worker-max-rss-mb): why the worker is being replaced, once
-    # it said it is due; `retired` once it takes no more requests (its replacement is ready, or its
-    # memory passed the hard bound), `replaced` once its replacement is ready; the slots it held when
-    # it died before its replacement was ready.
+    # it said it is due; `replaced` once its replacement is ready, `stopped` when its memory passed
+    # the hard bound first; the slots it held when it died before its replacement was ready.
     replacing: str = ""
-    retired: bool = False
     replaced: bool = False
+    stopped: bool = False
     orphaned_slots: list[Slot] = field(default_factory=list, repr=False)
     stop_reason: str = ""  # why the front killed it (scoring_timeout), for the restart count
+
+    @property
+    def retired(self) -> bool:
+        """It takes no more requests."""
+        return self.replaced or self.stopped
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -421,9 +425,8 @@ class ProcessExecutor:
         if reason == "stop":
             logger.warning("worker %d uses %d MiB, over %g times --worker-max-rss-mb %d, before its replacement is "
                            "ready: it takes no more requests", worker.pid, rss_mb, RSS_HARD_FACTOR, bound)
-            worker.retired = True
-            if worker in self._idle:
-                self._idle.remove(worker)
+            worker.stopped = True
+            self._no_more_requests(worker)
             return
         if worker.replacing:
             return
@@ -433,12 +436,12 @@ class ProcessExecutor:
         logger.info("replacing worker %d: %s; it serves until its replacement is ready", worker.pid, why)
         asyncio.ensure_future(self._recycle(worker))
 
-    def _stop_taking(self, worker: Worker) -> None:
-        """The replaced worker gets no more requests; its socket is closed once it has answered those it has."""
-        worker.retired = worker.replaced = True
+    def _no_more_requests(self, worker: Worker) -> None:
+        """A retired worker leaves the idle ones; once replaced, its socket is closed as soon as it has
+        answered what it holds (else by `_next`, after its last answer)."""
         if worker in self._idle:
             self._idle.remove(worker)
-        if worker.connection is not None and not worker.connection.calls:
+        if worker.replaced and worker.connection is not None and not worker.connection.calls:
             worker.connection.close()
 
     async def _recycle(self, worker: Worker) -> None:
@@ -453,7 +456,8 @@ class ProcessExecutor:
             slot.release()
         worker.orphaned_slots.clear()
         if worker in self._workers:
-            self._stop_taking(worker)
+            worker.replaced = True
+            self._no_more_requests(worker)
 
     async def _reap(self, worker: Worker) -> None:
         """Wait for a replaced worker to exit (it writes what it still has to log), off the event loop."""

@@ -151,11 +151,27 @@ def report_log_drops(sock: socket.socket, reported: int) -> int:
 RSS_HARD_FACTOR = 1.5
 
 
+PAGE_SIZE = resource.getpagesize()
+# /proc/self/statm, kept open: a read at offset 0 costs about 1.5 µs, opening it each time 10 µs, and
+# with a memory bound (images set one) every request reads it. A forked child opens its own.
+_statm: int | None = None
+
+
+def _forget_statm() -> None:
+    global _statm
+    _statm = None
+
+
+os.register_at_fork(after_in_child=_forget_statm)
+
+
 def rss_bytes() -> int:
     """This process's resident memory now (Linux: /proc; elsewhere its peak, which a leak also raises)."""
+    global _statm
     try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * resource.getpagesize()
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_statm, 128, 0).split()[1]) * PAGE_SIZE
     except (OSError, IndexError, ValueError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if os.uname().sysname == "Darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
