@@ -457,6 +457,16 @@ def configure(level: int, log_format: str = "text") -> None:
     _records = records
 
 
+def error_with_traceback(logger: logging.Logger, message: str, traceback_text: str) -> None:
+    """An error line followed by a traceback given as text (from a worker, or trimmed to the user's
+    frames), where a log shows an exception's: below the line, or in the JSON line's `exception`."""
+    if not logger.isEnabledFor(logging.ERROR):
+        return
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    record.exc_text = traceback_text or None
+    logger.handle(record)
+
+
 def dropped_here() -> int:
     """Log records dropped in this process because its writer fell behind."""
     return _records.dropped if _records is not None else 0

@@ -515,21 +515,11 @@ def _cannot_start(error: Exception, settings: Settings) -> int:
     if isinstance(error, EntryScriptError):
         served = "model" if settings.model is not None else "entry script"
         cause = error.cause.removeprefix(f"{error.script}: ")  # a cause may name the file as well
-        _log_error(f"cannot start: {served} {error.script}: {cause}", error.user_traceback)
+        logs.error_with_traceback(logger, f"cannot start: {served} {error.script}: {cause}", error.user_traceback)
         logger.debug("the same error, through mlscore's frames", exc_info=error)
         return EXIT_STARTUP_FAILED
     logger.error("cannot start: %s: %s", type(error).__name__, error, exc_info=error)  # ours: the whole traceback
     return EXIT_STARTUP_FAILED
-
-
-def _log_error(message: str, user_traceback: str) -> None:
-    """An error line followed by a traceback given as text (from a worker, or trimmed to the user's
-    frames), where a log shows an exception's: below the line, or in the JSON line's `exception`."""
-    if not logger.isEnabledFor(logging.ERROR):
-        return
-    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
-    record.exc_text = user_traceback or None
-    logger.handle(record)
 
 
 def load_script(settings: Settings) -> Pipeline:

@@ -525,8 +525,7 @@ class ProcessExecutor:
             except EntryScriptError as error:
                 self._problem = f"a replacement worker's init() failed: {error.cause}; retrying in {delay:g} s"
                 # The script's own traceback once, with the first failure; each retry is a line.
-                first = delay == 0.5 and error.user_traceback
-                logger.error("%s%s", self._problem, f"\n{error.user_traceback.rstrip()}" if first else "")
+                logs.error_with_traceback(logger, self._problem, error.user_traceback if delay == 0.5 else "")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
