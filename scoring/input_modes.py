@@ -27,6 +27,7 @@ from mlscore.scoring.schema_types import input_schemas, undecorated_target
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 REQUEST_HEADERS = "request_headers"
 RAWHTTP_ATTR = "_mlscore_rawhttp"  # set on run() by the @rawhttp decorator (azureml_compat/aml_request.py)
+BATCHED_ATTR = "_mlscore_batched"  # set on run() by the @batched decorator (batching.py)
 
 
 class BadInput(Exception):
@@ -164,10 +165,13 @@ InputMode = PlainMode | RawHttpMode | SchemaMode | UncallableMode
 
 def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
     """The mode of a loaded script's run(); contradictions are load errors."""
-    rawhttp = bool(getattr(innermost(run), RAWHTTP_ATTR, False) or getattr(run, RAWHTTP_ATTR, False))
+    rawhttp = marked(run, RAWHTTP_ATTR)
     decorated = is_schema_decorated(run)
     if rawhttp and decorated:
         raise EntryScriptError(path, "run() cannot be both @rawhttp and decorated with input/output schemas")
+    if rawhttp and marked(run, BATCHED_ATTR):
+        raise EntryScriptError(path, "run() cannot be both @rawhttp and @batched: a raw-HTTP run() answers one "
+                                     "request")
     parameters = run_parameters(path, run)
     if rawhttp:
         return RawHttpMode(run)
@@ -189,6 +193,11 @@ def detect_input_mode(path: Path, run: Callable[..., Any]) -> InputMode:
             parameter.name, schema.param_type if schema else None, required, bool(schema and schema.convert),
         ))
     return SchemaMode(schema_parameters, wants_headers, undecorated_target(run))
+
+
+def marked(run: Callable[..., Any], attr: str) -> bool:
+    """Whether a decorator of ours (@rawhttp, @batched) marked run(), above or below other decorators."""
+    return bool(getattr(innermost(run), attr, False) or getattr(run, attr, False))
 
 
 def _json_object(request: RawRequest) -> dict[str, Any]:

@@ -12,12 +12,14 @@ import logging
 import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from mlscore.scoring.batching import Batching, BatchError, batching_for, is_batched
 from mlscore.scoring.collect import collected_header
 from mlscore.scoring.encoding import NotEncodable, encode_json
 from mlscore.scoring.entry_script import EntryScript
-from mlscore.scoring.input_modes import BadInput, InputMode, RawHttpMode, detect_input_mode
+from mlscore.scoring.input_modes import BadInput, InputMode, PlainMode, RawHttpMode, SchemaMode, detect_input_mode
 from mlscore.scoring.messages import RawRequest, RawResponse
 from mlscore.scoring.request_context import CURRENT, RequestContext
 
@@ -33,13 +35,24 @@ def error_response(status: int, message: str, run_failed: bool = False) -> RawRe
 
 
 class Scorer(Protocol):
-    """What an executor needs of a pipeline: an entry script's (below) or a model's (onnx_model.py)."""
+    """What an executor needs of a pipeline: an entry script's (below) or a model's (onnx_model.py).
+    One that `batches` answers several queued requests with one model call in `handle_batch`: a
+    response per request, in order, each with `batch` set to the requests that shared its call.
+    Requests it cannot merge (a bad input, other shapes) it answers as `handle` would."""
+
+    batches: bool
 
     def handle(self, request: RawRequest) -> RawResponse: ...
 
+    def handle_batch(self, requests: list[RawRequest]) -> list[RawResponse]: ...
+
 
 class ScoringPipeline:
-    """Scores requests for one loaded entry script."""
+    """Scores requests for one loaded entry script.
+
+    It `batches` when run() is marked `@batched` (batching.py) and takes decoded arguments (the schema
+    or the plain mode; a raw-HTTP run() is never batched, and @batched on one is a load error).
+    Such a run() always takes a batch: answered alone, a request is a batch of one."""
 
     def __init__(self, script: EntryScript) -> None:
         self.script = script
@@ -48,6 +61,10 @@ class ScoringPipeline:
         self._call = self.mode.target
         self._respond: Callable[[Any], RawResponse] = (
             raw_http_response if isinstance(self.mode, RawHttpMode) else to_response)
+        self._batching: Batching | None = None
+        if is_batched(script.run) and isinstance(self.mode, (SchemaMode, PlainMode)):
+            self._batching = batching_for(self.mode)
+        self.batches = self._batching is not None
 
     def call_init(self) -> None:
         self.script.call_init()
@@ -55,6 +72,8 @@ class ScoringPipeline:
     def handle(self, request: RawRequest) -> RawResponse:
         """The response to one request. While run() runs, the request's id tags what the script logs
         and prints, and what it collects joins the response (see collect.py)."""
+        if self._batching is not None:
+            return self.handle_batch([request])[0]
         context = RequestContext(request.request_id)
         token = CURRENT.set(context)
         try:
@@ -64,6 +83,86 @@ class ScoringPipeline:
         if context.fields:
             response.headers.append(collected_header(context.fields))
         return response
+
+    def handle_batch(self, requests: list[RawRequest]) -> list[RawResponse]:
+        """A response per request, in order. Each request is decoded alone, so bad input is its own 400;
+        the others share run() calls (batching.py says which can), each response's `batch` the requests
+        of its call and `run_ms` that call's time. When run() raises on a batch, each of its requests
+        is run again alone, so that only the failing ones get their 500. A result that cannot be split
+        into an answer per request is a 500 for every request of the call."""
+        if self._batching is None:
+            return [self.handle(request) for request in requests]
+        responses: list[RawResponse | None] = [None] * len(requests)
+        groups: list[list[_Decoded]] = []
+        for index, request in enumerate(requests):
+            decoded = self._decode(request)
+            if isinstance(decoded, RawResponse):
+                responses[index] = decoded
+                continue
+            item = _Decoded(index, request, decoded)
+            group = next((group for group in groups if self._batching.joins(group[0].arguments, decoded)), None)
+            if group is None:
+                groups.append([item])
+            else:
+                group.append(item)
+        for group in groups:
+            for item, response in zip(group, self._score(group)):
+                responses[item.index] = response
+        return responses  # type: ignore[return-value]  # every index is answered above
+
+    def _decode(self, request: RawRequest) -> dict[str, Any] | RawResponse:
+        """A request's arguments for a batched run(), decoded under its own id; or its answer (a bad
+        input, an OPTIONS)."""
+        assert self._batching is not None
+        if request.method == "OPTIONS":
+            return RawResponse(200, [], b"")
+        token = CURRENT.set(RequestContext(request.request_id))
+        try:
+            _, kwargs = self.mode.arguments(request)  # the schema and plain modes pass keywords only
+            return self._batching.checked(kwargs)
+        except BadInput as error:
+            return error_response(error.status, error.message, run_failed=error.status >= 500)
+        finally:
+            CURRENT.reset(token)
+
+    def _score(self, group: list[_Decoded]) -> list[RawResponse]:
+        """One run() call for the group. The ids of its requests, comma-separated, tag what run() logs
+        and prints; what it collects describes the whole call and joins each request's record."""
+        context = RequestContext(b",".join(item.request.request_id for item in group))
+        token = CURRENT.set(context)
+        try:
+            responses = self._run_batch(group)
+        finally:
+            CURRENT.reset(token)
+        if responses is None:
+            return [response for item in group for response in self._score([item])]
+        if context.fields:
+            header = collected_header(context.fields)
+            for response in responses:
+                response.headers.append(header)
+        return responses
+
+    def _run_batch(self, group: list[_Decoded]) -> list[RawResponse] | None:
+        """The group's responses from one run() call; None when run() raised on a batch of several
+        (logged here), for the caller to run each request alone."""
+        assert self._batching is not None
+        each = [item.arguments for item in group]
+        started = time.perf_counter()
+        try:
+            result = self._call(**self._batching.merge(each))
+        except Exception as error:
+            if len(group) == 1:
+                return [_run_failure(error)]
+            logger.warning("run() raised %s on a batch of %d requests (%s); running each of them alone",
+                           type(error).__name__, len(group), error)
+            return None
+        run_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            results = self._batching.split(result, each)
+        except BatchError as error:
+            logger.error("%s", error)
+            return [_with_batch(error_response(500, str(error), run_failed=True), len(group)) for _ in group]
+        return [_with_batch(self._timed_response(answer, run_ms), len(group)) for answer in results]
 
     def _answer(self, request: RawRequest) -> RawResponse:
         if request.method == "OPTIONS" and not isinstance(self.mode, RawHttpMode):
@@ -75,18 +174,11 @@ class ScoringPipeline:
         started = time.perf_counter()
         try:
             result = self._call(*args, **kwargs)
-        except BadInput as error:  # BadRequestBody: request.get_json() on a body that is not JSON
-            return error_response(error.status, error.message)
-        except (NotEncodable, NotHttp) as error:  # from an AMLResponse run() made
-            logger.error("%s", error)
-            return error_response(500, str(error), run_failed=True)
         except Exception as error:
-            aborted = _http_exception_response(error)
-            if aborted is not None:
-                return aborted
-            logger.exception("run() raised %s", type(error).__name__)
-            return error_response(500, f"{RUN_FAILED_MESSAGE} run() raised {type(error).__name__}.", run_failed=True)
-        run_ms = (time.perf_counter() - started) * 1000.0
+            return _run_failure(error)
+        return self._timed_response(result, (time.perf_counter() - started) * 1000.0)
+
+    def _timed_response(self, result: Any, run_ms: float) -> RawResponse:
         try:
             response = self._respond(result)
         except (NotEncodable, NotHttp) as error:
@@ -96,14 +188,47 @@ class ScoringPipeline:
         return response
 
     def warm_up(self) -> bool:
-        """One run() with the input sample; False when the script has no usable sample.
-        Exceptions from run() propagate: a failed warm-up is the caller's to report."""
+        """One run() with the input sample (a batched run(): a batch of one); False when the script has
+        no usable sample. Exceptions from run() propagate, and so does a batched run()'s result that
+        does not split (BatchError): a failed warm-up is the caller's to report."""
         arguments = self.mode.warmup_arguments()
         if arguments is None:
             return False
         args, kwargs = arguments
-        self._respond(self._call(*args, **kwargs))
+        if self._batching is None:
+            self._respond(self._call(*args, **kwargs))
+            return True
+        each = [self._batching.checked(kwargs)]
+        self._respond(self._batching.split(self._call(**self._batching.merge(each)), each)[0])
         return True
+
+
+@dataclass(slots=True)
+class _Decoded:
+    """A request of a batch, decoded: where its response goes, and run()'s arguments for it."""
+
+    index: int
+    request: RawRequest
+    arguments: dict[str, Any]
+
+
+def _run_failure(error: Exception) -> RawResponse:
+    """The response when run() raised `error`."""
+    if isinstance(error, BadInput):  # BadRequestBody: request.get_json() on a body that is not JSON
+        return error_response(error.status, error.message)
+    if isinstance(error, (NotEncodable, NotHttp)):  # from an AMLResponse run() made
+        logger.error("%s", error)
+        return error_response(500, str(error), run_failed=True)
+    aborted = _http_exception_response(error)
+    if aborted is not None:
+        return aborted
+    logger.error("run() raised %s", type(error).__name__, exc_info=error)
+    return error_response(500, f"{RUN_FAILED_MESSAGE} run() raised {type(error).__name__}.", run_failed=True)
+
+
+def _with_batch(response: RawResponse, batch: int) -> RawResponse:
+    response.batch = batch
+    return response
 
 
 class NotHttp(ValueError):
