@@ -38,3 +38,4 @@ class RawResponse:
     run_ms: float | None = None  # time spent in run(); None when run() was not called
     run_failed: bool = False  # the x-ms-run-function-failed header
     failure: str = ""  # set by executors when they cut a request short: "scoring_timeout", "worker_died"
+    batch: int = 1  # the requests that shared this one's model call (batching; 1: run alone)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import orjson
 
 from mlscore.accelerators import AcceleratorError, InvalidInput, Session, TensorInfo, load, read_signature
+from mlscore.accelerators.base import check_inputs
 from mlscore.scoring import json_limits, kserve_v2
 from mlscore.scoring.entry_script import EntryScriptError
 from mlscore.scoring.messages import RawRequest, RawResponse
@@ -32,8 +34,25 @@ class ModelMode:
     name = "onnx model"
 
 
+@dataclass(slots=True)
+class _Decoded:
+    """A request's inputs, checked and converted, waiting to join a batch: `rows` along the first
+    dimension, and how to answer once the model's outputs for those rows are known."""
+
+    arrays: dict[str, np.ndarray]
+    rows: int
+    answer: Callable[[dict[str, np.ndarray], float], RawResponse]
+    infer: bool  # the V2 route: its errors are V2 errors
+
+    def key(self) -> tuple[Any, ...]:
+        """What requests must share to be run together: every input's dtype and other dimensions."""
+        return tuple((name, array.dtype.str, array.shape[1:]) for name, array in self.arrays.items())
+
+
 class OnnxPipeline:
-    """Scores requests for one ONNX model on the device from the settings."""
+    """Scores requests for one ONNX model on the device from the settings. When every input and
+    output has a dynamic first dimension, queued requests whose other dimensions and dtypes match
+    are run as one batch (`handle_batch`): one pass over the weights for several requests."""
 
     mode = ModelMode()
 
@@ -46,6 +65,7 @@ class OnnxPipeline:
             raise EntryScriptError(path, str(error)) from None
         self.infer_path = f"/v2/models/{name}/infer"
         self._session: Session | None = None
+        self.batches = all(info.shape and not isinstance(info.shape[0], int) for info in self.inputs + self.outputs)
 
     def call_init(self) -> None:
         """Load the model on the device from the settings; EntryScriptError (exit 3 at start) when
@@ -110,6 +130,84 @@ class OnnxPipeline:
         body, headers = kserve_v2.encode_response(self.name, decoded, results, wanted)
         return RawResponse(200, headers, body, run_ms=(time.perf_counter() - started) * 1000.0)
 
+    def handle_batch(self, requests: list[RawRequest]) -> list[RawResponse]:
+        """A response per request, in order: each is decoded and checked on its own (a bad one gets
+        its 400 here), then those whose inputs match run as one call, their outputs split back by
+        rows. Should the batch's call fail, each of its requests runs alone, so only a failing one
+        gets its error."""
+        responses: list[RawResponse | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[tuple[int, _Decoded]]] = {}
+        for index, request in enumerate(requests):
+            decoded = self._decode(request)
+            if isinstance(decoded, RawResponse):
+                responses[index] = decoded
+            else:
+                groups.setdefault(decoded.key(), []).append((index, decoded))
+        for group in groups.values():
+            for index, response in zip([index for index, _ in group], self._run_group([item for _, item in group])):
+                responses[index] = response
+        return responses  # type: ignore[return-value]  # every index was answered
+
+    def _decode(self, request: RawRequest) -> _Decoded | RawResponse:
+        """The request's checked inputs and how to answer it; a response when it cannot join a batch:
+        an error, another method, or inputs whose first dimensions differ."""
+        if request.method != "POST":
+            return self.handle(request)
+        infer = request.path == self.infer_path
+        try:
+            if infer:
+                decoded, tensors = kserve_v2.decode_request(request.body, request.header(kserve_v2.HEADER_LENGTH))
+                kserve_v2.check_datatypes(tensors, self.inputs)
+                wanted = kserve_v2.requested_outputs(decoded, self.outputs)
+                given: Any = tensors
+            else:
+                given = json_limits.loads(request.body)
+                if not isinstance(given, dict):
+                    return self.handle(request)
+            arrays = check_inputs(self.inputs, given)
+        except kserve_v2.V2Error as error:
+            return v2_error(400, str(error))
+        except InvalidInput as error:
+            return v2_error(400, str(error)) if infer else error_response(400, str(error))
+        except ValueError:  # JSON that is not (or too deep): the single path says which
+            return self.handle(request)
+        rows = {array.shape[0] for array in arrays.values()}
+        if len(rows) != 1:
+            return self.handle(request)
+        if infer:
+            def answer(results: dict[str, np.ndarray], run_ms: float) -> RawResponse:
+                body, headers = kserve_v2.encode_response(self.name, decoded, results, wanted)
+                return RawResponse(200, headers, body, run_ms=run_ms)
+        else:
+            def answer(results: dict[str, np.ndarray], run_ms: float) -> RawResponse:
+                return RawResponse(200, list(JSON), orjson.dumps(results, option=orjson.OPT_SERIALIZE_NUMPY),
+                                   run_ms=run_ms)
+        return _Decoded(arrays, rows.pop(), answer, infer)
+
+    def _run_group(self, group: list[_Decoded]) -> list[RawResponse]:
+        """One model call for requests with matching inputs, its outputs split back by their rows."""
+        started = time.perf_counter()
+        try:
+            if len(group) == 1:
+                outputs = [self._run(group[0].arrays)]
+            else:
+                joined = {name: np.concatenate([item.arrays[name] for item in group]) for name in group[0].arrays}
+                results = self._run(joined)
+                outputs = _split(results, [item.rows for item in group])
+        except Exception as error:
+            if len(group) == 1:
+                if not isinstance(error, InvalidInput):
+                    return [self._failed(error)]
+                return [v2_error(400, str(error)) if group[0].infer else error_response(400, str(error))]
+            logger.warning("a batch of %d requests failed (%s: %s): running each alone", len(group),
+                           type(error).__name__, error)
+            return [response for item in group for response in self._run_group([item])]
+        run_ms = (time.perf_counter() - started) * 1000.0
+        responses = [item.answer(output, run_ms) for item, output in zip(group, outputs)]
+        for response in responses:
+            response.batch = len(group)
+        return responses
+
     def _run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         assert self._session is not None, "call_init() first"
         return self._session.run(inputs)
@@ -117,6 +215,18 @@ class OnnxPipeline:
     def _failed(self, error: Exception) -> RawResponse:
         logger.error("the model raised %s: %s", type(error).__name__, error, exc_info=error)
         return error_response(500, f"{RUN_FAILED_MESSAGE} The model raised {type(error).__name__}.", run_failed=True)
+
+
+def _split(results: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np.ndarray]]:
+    """Each request's share of a batch's outputs, by its rows; ValueError when an output does not
+    have one row per input row (a model whose first dimension is not the batch)."""
+    total = sum(rows)
+    for name, array in results.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise ValueError(f"output {name!r} has {array.shape[0] if array.ndim else 0} rows for {total} input rows")
+    offsets = np.cumsum(rows)[:-1]
+    parts = {name: np.split(array, offsets) for name, array in results.items()}
+    return [{name: parts[name][index] for name in results} for index in range(len(rows))]
 
 
 def v2_error(status: int, message: str) -> RawResponse:

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--executor", help=f"one of {', '.join(EXECUTORS)} (default processes; inline: run() "
                            "on the event loop, fastest for sub-millisecond run()s, no scoring timeout)")
     admission.add_argument("--workers", help="scoring processes (env WORKER_COUNT; default: the concurrency limit)")
+    admission.add_argument("--max-batch-size", dest="max_batch_size", help="a scoring process (or thread) that "
+                           "becomes free takes up to this many queued requests in one model call, for a --model with "
+                           "a dynamic first dimension or a run() marked @batched (env MLSCORE_MAX_BATCH_SIZE; "
+                           "default 1: no batching)")
+    admission.add_argument("--max-batch-delay-ms", dest="max_batch_delay_ms", help="how long a batch may wait for more "
+                           "requests to fill it (env MLSCORE_MAX_BATCH_DELAY_MS; default 0: it takes what is queued, "
+                           "so a lone request waits for nothing)")
     admission.add_argument("--worker-max-rss-mb", dest="worker_max_rss_mb", help="replace a scoring process "
                            "whose resident memory passed this many MiB, after its request; its replacement runs "
                            "init() first, so no request waits (default: none; images: from memoryInGB)")

@@ -4,6 +4,10 @@
 once, but keeps its slot until it really returns, so capacity is never over-promised.
 `inline`: run() on the event loop itself, the fastest hand-off there is, for run()s of well under
 a millisecond; a running run() delays every other answer and no scoring timeout can cut it short.
+
+Both batch when the pipeline does and --max-batch-size is above 1: a request that gets its slot
+takes up to that many queued ones with it into one model call (`Batcher`), the slot and the
+scoring timeout being the batch's.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import Scorer, error_response
-from mlscore.server.admission import Slot, Ticket
+from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.server.errors import INTERNAL_ERROR
 
 logger = logging.getLogger("mlscore.server")
@@ -27,15 +32,60 @@ def timeout_response(timeout_ms: int) -> RawResponse:
     return response
 
 
+class Batcher:
+    """Gathers the queued requests a starting one takes into its model call: up to `size` in all,
+    waiting up to `delay` seconds for more when fewer are queued. `on_batch` hears of each call."""
+
+    def __init__(self, admission: AdmissionQueue, size: int, delay_ms: int) -> None:
+        self._admission = admission
+        self.size = size
+        self._delay = delay_ms / 1000.0
+        self.on_batch: Callable[[int, float], None] | None = None
+
+    def gather(self, ticket: Ticket, then: Callable[[list[Ticket]], None]) -> None:
+        """Call `then` with the ticket and the queued ones that join it, now or after the delay."""
+        tickets = [ticket]
+        self._take(tickets)
+        if len(tickets) < self.size and self._delay > 0:
+            ticket.loop.call_later(self._delay, self._filled, tickets, then, ticket.loop.time())
+            return
+        self._report(tickets, 0.0)
+        then(tickets)
+
+    def _filled(self, tickets: list[Ticket], then: Callable[[list[Ticket]], None], since: float) -> None:
+        self._take(tickets)
+        self._report(tickets, tickets[0].loop.time() - since)
+        then(tickets)
+
+    def _take(self, tickets: list[Ticket]) -> None:
+        while len(tickets) < self.size:
+            ticket = self._admission.pull()
+            if ticket is None:
+                return
+            if self._admission.started(ticket):  # its queue deadline no longer holds: it is in a batch
+                tickets.append(ticket)
+
+    def _report(self, tickets: list[Ticket], waited: float) -> None:
+        if self.on_batch is not None:
+            self.on_batch(len(tickets), waited)
+
+
+def _answer_all(tickets: list[Ticket], responses: list[RawResponse]) -> None:
+    for ticket, response in zip(tickets, responses):
+        if not ticket.answer.done():
+            ticket.answer.set_result(response)
+
+
 class ThreadExecutor:
     name = "threads"
 
-    def __init__(self, pipeline: Scorer, size: int, scoring_timeout_ms: int) -> None:
+    def __init__(self, pipeline: Scorer, size: int, scoring_timeout_ms: int, batcher: Batcher | None = None) -> None:
         self._pipeline = pipeline
         self._size = size
         self._scoring_timeout = scoring_timeout_ms / 1000.0
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="mlscore-run")
         self._stuck = 0
+        self.batcher = batcher  # None: one request per call
 
     @property
     def ready(self) -> bool:
@@ -52,12 +102,45 @@ class ThreadExecutor:
         """Hand the request to a thread; the ticket's answer gets the pipeline's response, or a 504
         after the scoring timeout. The slot is released when the thread is really free, after a
         timeout too."""
+        if self.batcher is not None:
+            self.batcher.gather(ticket, lambda tickets: self._submit_batch(tickets, slot))
+            return
         loop = ticket.loop
         answer = ticket.answer
         timeout = ticket.run_timeout(self._scoring_timeout)
         future = loop.run_in_executor(self._pool, self._pipeline.handle, ticket.request)
         timer = loop.call_later(timeout, self._time_out, future, answer, round(timeout * 1000))
         future.add_done_callback(lambda done: _finished(done, slot, timer, answer))
+
+    def _submit_batch(self, tickets: list[Ticket], slot: Slot) -> None:
+        """Several requests in one call on a thread (or one, as handle_batch answers it): the scoring
+        timeout runs from here for all of them."""
+        loop = tickets[0].loop
+        timeout = min(ticket.run_timeout(self._scoring_timeout) for ticket in tickets)
+        future = loop.run_in_executor(self._pool, self._pipeline.handle_batch, [ticket.request for ticket in tickets])
+        answers = [ticket.answer for ticket in tickets]
+        timer = loop.call_later(timeout, self._time_out_batch, future, answers, round(timeout * 1000))
+
+        def finished(done: asyncio.Future[list[RawResponse]]) -> None:
+            slot.release()
+            timer.cancel()
+            if done.cancelled() or done.exception() is not None:  # handle_batch answers failures itself
+                logger.error("the scoring pipeline raised", exc_info=None if done.cancelled() else done.exception())
+                _answer_all(tickets, [error_response(500, INTERNAL_ERROR) for _ in tickets])
+            else:
+                _answer_all(tickets, done.result())
+
+        future.add_done_callback(finished)
+
+    def _time_out_batch(self, future: asyncio.Future[list[RawResponse]],
+                        answers: list[asyncio.Future[RawResponse]], timeout_ms: int) -> None:
+        """The batch passed the scoring timeout: each of its requests is a 504; its slot is stuck once."""
+        waiting = [answer for answer in answers if not answer.done()]
+        if not waiting:
+            return
+        self._time_out(future, waiting[0], timeout_ms)  # type: ignore[arg-type]  # any future of the call
+        for answer in waiting[1:]:
+            answer.set_result(timeout_response(timeout_ms))
 
     def _time_out(self, future: asyncio.Future[RawResponse], answer: asyncio.Future[RawResponse],
                   timeout_ms: int) -> None:
@@ -80,15 +163,25 @@ class InlineExecutor:
     ready = True
     not_ready_reason = ""
 
-    def __init__(self, pipeline: Scorer) -> None:
+    def __init__(self, pipeline: Scorer, batcher: Batcher | None = None) -> None:
         self._pipeline = pipeline
+        self.batcher = batcher  # None: one request per call
 
     async def start(self) -> None:
         logger.warning("executor 'inline': run() is called on the event loop; the scoring timeout is not enforced")
 
     def submit(self, ticket: Ticket, slot: Slot) -> None:
+        if self.batcher is not None:
+            self.batcher.gather(ticket, lambda tickets: self._run_batch(tickets, slot))
+            return
         try:
             ticket.answer.set_result(self._pipeline.handle(ticket.request))
+        finally:
+            slot.release()
+
+    def _run_batch(self, tickets: list[Ticket], slot: Slot) -> None:
+        try:
+            _answer_all(tickets, self._pipeline.handle_batch([ticket.request for ticket in tickets]))
         finally:
             slot.release()
 

@@ -25,6 +25,8 @@ RESTART_REASONS = ("scoring_timeout", "crash", "max_rss", "max_requests")
 REJECTION_REASONS = ("queue_full", "queue_timeout", "scoring_timeout", "client_disconnect", "worker_died", "not_ready")
 # Latency buckets from 0.5 ms to 60 s: scoring spans sub-millisecond linear models to minute-long ones.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Requests per model call (batching).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
@@ -40,6 +42,8 @@ class Metrics:
         self._latency = _Histogram()
         self._queue = _Histogram()
         self._run = _Histogram()
+        self._batch_size = _Histogram(BATCH_BUCKETS)
+        self._batch_wait = _Histogram()
         self.init_seconds = Gauge("mlscore_init_duration_seconds", "How long init() (and the first workers' "
                                   "start) took.", registry=self.registry)
         self.registry.register(_Counts(self))
@@ -62,6 +66,11 @@ class Metrics:
         if run_ms is not None:
             self._run.observe(run_ms / 1000.0)
 
+    def batched(self, requests: int, waited: float) -> None:
+        """A model call that took `requests` queued requests, after waiting `waited` seconds to fill."""
+        self._batch_size.observe(requests)
+        self._batch_wait.observe(waited)
+
     def rejected(self, reason: str) -> None:
         self._rejections[reason] = self._rejections.get(reason, 0) + 1
 
@@ -72,20 +81,21 @@ class Metrics:
 class _Histogram:
     """Observations counted per bucket of BUCKETS (the last one +Inf), and their sum."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1  # the first bound >= value: le is inclusive
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value: le is inclusive
         self.sum += value
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         cumulative = list(itertools.accumulate(self.counts))
         return HistogramMetricFamily(name, documentation, sum_value=self.sum, buckets=[
-            (floatToGoString(bound), count) for bound, count in zip((*BUCKETS, math.inf), cumulative)])
+            (floatToGoString(bound), count) for bound, count in zip((*self.bounds, math.inf), cumulative)])
 
 
 class _Counts:
@@ -104,6 +114,10 @@ class _Counts:
         yield metrics._latency.family("mlscore_request_duration_seconds", "End-to-end time of /score requests.")
         yield metrics._queue.family("mlscore_queue_wait_seconds", "Time /score requests waited for a scoring slot.")
         yield metrics._run.family("mlscore_run_duration_seconds", "Time spent in run(), as the pipeline measured it.")
+        yield metrics._batch_size.family("mlscore_batch_size", "Requests per model call, with batching on "
+                                         "(--max-batch-size above 1 and a pipeline that batches).")
+        yield metrics._batch_wait.family("mlscore_batch_wait_seconds", "How long a batch waited for requests "
+                                         "to fill it (--max-batch-delay-ms).")
         rejections = CounterMetricFamily("mlscore_rejections", "Requests refused or cut short, by reason.",
                                          labels=["reason"])
         for reason, count in list(metrics._rejections.items()):

@@ -359,7 +359,10 @@ def _http_response(result: RawResponse, ids: list[tuple[bytes, bytes]], queue_ms
     headers.append((b"x-ms-run-function-failed", _TRUE if result.run_failed else _FALSE))
     if result.run_ms is not None:
         headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % result.run_ms))
-    headers.append((b"server-timing", b"queue;dur=%.3f, run;dur=%.3f" % (queue_ms, result.run_ms or 0.0)))
+    timing = b"queue;dur=%.3f, run;dur=%.3f" % (queue_ms, result.run_ms or 0.0)
+    if result.batch > 1:  # the requests that shared the model call
+        timing += b', batch;desc="%d"' % result.batch
+    headers.append((b"server-timing", timing))
     if isinstance(result.body, bytes):
         return BytesResponse(result.status, headers, result.body)
     streamed = StreamingResponse(result.body, status_code=result.status)

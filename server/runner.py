@@ -29,7 +29,7 @@ from mlscore.scoring.kserve_v2 import model_metadata
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
 from mlscore.server.app import HEALTH_ROUTES, Executor, ScoreFirst, ServerState, create_app, create_health_app
-from mlscore.server.executors import InlineExecutor, ThreadExecutor
+from mlscore.server.executors import Batcher, InlineExecutor, ThreadExecutor
 from mlscore.server import logs
 from mlscore.server.data_collection import DataCollectionError, DataCollector
 from mlscore.server.protocol import DirectRequest, fallback_limits, protocol_class
@@ -221,9 +221,11 @@ def launch_executor(state: ServerState, pipeline: Pipeline) -> tuple[Executor, s
         return workers, workers.warm_up_error
     logger.info("running init()")
     pipeline.call_init()
+    batcher = (Batcher(state.admission, settings.max_batch_size, settings.max_batch_delay_ms)
+               if settings.max_batch_size > 1 and pipeline.batches else None)
     executor: ThreadExecutor | InlineExecutor = (
-        ThreadExecutor(pipeline, settings.max_concurrent_requests, settings.scoring_timeout_ms)
-        if settings.executor == "threads" else InlineExecutor(pipeline)
+        ThreadExecutor(pipeline, settings.max_concurrent_requests, settings.scoring_timeout_ms, batcher)
+        if settings.executor == "threads" else InlineExecutor(pipeline, batcher)
     )
     state.admission.bind(executor.submit)
     return executor, warm_up(pipeline)
@@ -233,6 +235,9 @@ def use_executor(state: ServerState, executor: Executor, warm_up_error: str, ini
     """Put the launched executor in place of the stand-in; readiness follows the warm-up."""
     state.executor = executor
     state.metrics.init_seconds.set(init_seconds)
+    batcher = executor if isinstance(executor, ProcessExecutor) else getattr(executor, "batcher", None)
+    if batcher is not None:
+        batcher.on_batch = state.metrics.batched
     _report_warm_up(state, warm_up_error)
 
 

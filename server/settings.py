@@ -199,6 +199,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queue_size", "max_queue_size", ("MLSCORE_MAX_QUEUE_SIZE",), None, _integer(0, 1_000_000), 1024),
     Setting("executor", "executor", ("MLSCORE_EXECUTOR",), None, _choice(EXECUTORS), "processes"),
     Setting("workers", "workers", ("WORKER_COUNT",), None, _integer(1, 256)),
+    Setting("max_batch_size", "max_batch_size", ("MLSCORE_MAX_BATCH_SIZE",), "maxBatchSize", _integer(1, 1024), 1),
+    Setting("max_batch_delay_ms", "max_batch_delay_ms", ("MLSCORE_MAX_BATCH_DELAY_MS",), "maxBatchDelayMs",
+            _integer(0, 10_000), 0),
     Setting("worker_max_rss_mb", "worker_max_rss_mb", ("MLSCORE_WORKER_MAX_RSS_MB",), None, _integer(1, 1 << 30)),
     Setting("worker_max_requests", "worker_max_requests", ("MLSCORE_WORKER_MAX_REQUESTS",), None,
             _integer(1, 1 << 62)),
@@ -261,6 +264,8 @@ class Settings:
     max_queue_size: int
     executor: str
     workers: int
+    max_batch_size: int  # queued requests one model call may take (1: no batching)
+    max_batch_delay_ms: int  # how long a batch may wait to fill (0: it takes what is queued)
     worker_max_rss_mb: int | None  # a worker past this resident memory is replaced after its request
     worker_max_requests: int | None  # ... or past this many requests (plus up to the jitter)
     worker_max_requests_jitter: int  # up to this many more requests, at random (default: a tenth of the bound)

@@ -20,13 +20,14 @@ bound first stops it early (its requests then wait in the queue for the replacem
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import multiprocessing
 import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import orjson
 
@@ -57,7 +58,7 @@ class Call:
     """A request sent to a worker. It holds a slot once the worker runs it (`slot`); until then it
     is held ready and its ticket is still queued. `stream` carries a streamed body's chunks."""
 
-    __slots__ = ("ticket", "slot", "timer", "worker", "sequence", "stream")
+    __slots__ = ("ticket", "slot", "timer", "worker", "sequence", "stream", "head")
 
     def __init__(self, ticket: Ticket, slot: Slot | None) -> None:
         self.ticket = ticket
@@ -66,6 +67,7 @@ class Call:
         self.worker: Worker | None = None
         self.sequence = 0
         self.stream: asyncio.Queue[bytes | Exception | None] | None = None
+        self.head: Call | None = None  # in a batch, the call holding the batch's slot (and timer)
 
 
 class WorkerConnection(asyncio.Protocol):
@@ -118,6 +120,11 @@ class WorkerConnection(asyncio.Protocol):
         message = orjson.loads(body)
         if message.get("log_dropped"):
             logs.worker_dropped(self._worker.pid, message["log_dropped"])
+        if message.get("batch"):
+            self._executor._batch_started(self._worker, message["batch"])
+        if "calls" in message and self._executor.on_batch is not None:
+            for size in message["calls"]:
+                self._executor.on_batch(size, message["wait_ms"] / 1000.0)
         if message.get("retire"):
             self._executor._retire(self._worker, message["retire"], message.get("rss_mb", 0))
 
@@ -161,6 +168,7 @@ class Worker:
     pid: int = 0
     warm_up_error: str = ""
     rss_after_init_mb: int = 0
+    batch: int = 1  # the most requests it takes in one model call (1: its pipeline does not batch)
     connection: WorkerConnection | None = field(default=None, repr=False)
     # Recycling (--worker-max-requests, --worker-max-rss-mb): why the worker is being replaced, once
     # it said it is due; `replaced` once its replacement is ready, `stopped` when its memory passed
@@ -202,7 +210,7 @@ def spawn_worker(settings: Settings) -> Worker:
                   else resolve_script_path(settings.entry_script or "", settings.app_root))
         raise EntryScriptError(served, cause, message.get("traceback", "") if message else "")
     return Worker(process, front, pid=message["pid"], warm_up_error=message.get("warm_up_error", ""),
-                  rss_after_init_mb=message.get("rss_after_init_mb", 0))
+                  rss_after_init_mb=message.get("rss_after_init_mb", 0), batch=message.get("batch", 1))
 
 
 class ProcessExecutor:
@@ -220,6 +228,7 @@ class ProcessExecutor:
         self._problem = ""
         self._closing = False
         self.restarts: dict[str, int] = {}  # replacements by reason (metrics.RESTART_REASONS)
+        self.on_batch: Callable[[int, float], None] | None = None  # (requests, seconds waited) per model call
         self._warned_rss = False
         admission.bind(self.submit, self._queue_grew)
 
@@ -286,13 +295,18 @@ class ProcessExecutor:
 
     def _hold_ready(self, worker: Worker) -> bool:
         """Top up the requests held ready in a worker that is running one, once half of them have gone
-        (so that a few go out in one write); True if any was added."""
+        (so that a few go out in one write; a worker that batches, at once); True if any was added."""
         connection = worker.connection
         if connection is None or worker.retired or not connection.calls or connection.calls[0].slot is None:
             return False
         hold = self._admission.hold_seconds
         depth = 1 + min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold) if hold > 0 else MAX_HELD_READY)
-        if len(connection.calls) > max(1, depth // 2):
+        if worker.batch > 1:
+            # A worker that batches finds a whole batch in its socket when it is done with the one it
+            # runs (of up to as many), or while it waits for one to fill: each request that joins
+            # the queue joins it there.
+            depth = max(depth, 2 * worker.batch)
+        elif len(connection.calls) > max(1, depth // 2):
             return False
         added = False
         while len(connection.calls) < depth:
@@ -316,6 +330,15 @@ class ProcessExecutor:
         self._next(worker, call.slot)
         if response is not None and not call.ticket.answer.done():
             call.ticket.answer.set_result(response)
+
+    def _batch_started(self, worker: Worker, size: int) -> None:
+        """The worker takes its next `size` requests together: those held ready are started (their
+        queue deadlines no longer hold); the first holds the slot and the scoring timer for all."""
+        assert worker.connection is not None
+        calls = list(itertools.islice(worker.connection.calls, size))
+        for call in calls[1:]:
+            call.head = calls[0]
+            self._admission.started(call.ticket)
 
     def _skipped(self, worker: Worker, call: Call) -> None:
         """The worker did not run `call`: it was cancelled, or its queue deadline passed first."""
@@ -366,6 +389,10 @@ class ProcessExecutor:
             return
         logger.error("run() passed the scoring timeout of %d ms in worker %d: killing it", timeout_ms,
                      call.worker.pid)
+        if call.worker.connection is not None:  # the rest of its batch timed out with it
+            for member in call.worker.connection.calls:
+                if member.head is call and not member.ticket.answer.done():
+                    member.ticket.answer.set_result(timeout_response(timeout_ms))
         call.worker.stop_reason = "scoring_timeout"
         call.worker.kill()  # its socket closes, and _lost replaces it
 
@@ -387,13 +414,12 @@ class ProcessExecutor:
                 call.stream.put_nowait(ConnectionError("the worker died while streaming the body"))
             if not call.ticket.answer.done():
                 logger.error("worker %d died while scoring (exit status %s)", worker.pid, worker.process.exitcode)
-                died = error_response(500, "The worker process scoring this request died; it is being replaced.",
-                                      run_failed=True)
-                died.failure = "worker_died"
-                call.ticket.answer.set_result(died)
+                call.ticket.answer.set_result(_worker_died())
         for call in reversed(calls):
-            if call.slot is None:
+            if call.slot is None and call.head is None:
                 self._admission.give_back(call.ticket)
+            elif call.slot is None and not call.ticket.answer.done():  # begun in the batch the worker died in
+                call.ticket.answer.set_result(_worker_died())
         # Closing, or replaced already: the front closed the socket, and the worker exits by itself,
         # writing the log lines it still holds.
         if not self._closing and not worker.replaced:
@@ -535,6 +561,12 @@ class ProcessExecutor:
             self._problem = ""
             return worker
         return None
+
+
+def _worker_died() -> RawResponse:
+    died = error_response(500, "The worker process scoring this request died; it is being replaced.", run_failed=True)
+    died.failure = "worker_died"
+    return died
 
 
 async def _chunks(stream: asyncio.Queue[bytes | Exception | None]) -> AsyncIterator[bytes]:

@@ -6,7 +6,8 @@ response bodies cross as they are, never pickled or re-encoded.
     request   !BIdIII  kind, sequence number, start-by time (wall clock; 0: none), line, headers and
                        body lengths | method\\0request id\\0client\\0path\\0query | headers | body
     cancel    the same header with kind CANCEL and the sequence number of a request not to run
-    response  !HdBII   status, run ms (NaN: none), flags, headers and body lengths | headers | body
+    response  !HdBHII  status, run ms (NaN: none), flags, the requests of its model call (batching),
+                       headers and body lengths | headers | body
 
 The front may send a request while the worker is still running the one before (it holds it
 ready). The worker answers every request in order: with the pipeline's response, or with a
@@ -17,12 +18,14 @@ once, that the worker is due for replacement (past --worker-max-requests or --wo
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import math
 import os
 import random
 import resource
+import select
 import signal
 import socket
 import struct
@@ -39,7 +42,7 @@ from mlscore.server import logs
 
 REQUEST = struct.Struct("!BIdIII")
 RUN, CANCEL = 0, 1  # request kinds
-RESPONSE = struct.Struct("!HdBII")
+RESPONSE = struct.Struct("!HdBHII")
 # Status values that are not HTTP statuses: a control message, a body chunk, its end, a request not run.
 CONTROL, CHUNK, END, SKIPPED = 0, 1, 2, 3
 FAILED, STREAMED = 1, 2  # flag bits: run() failed; the body follows as CHUNK frames and an END frame
@@ -70,7 +73,7 @@ def cancel_frame(sequence: int) -> bytes:
     return REQUEST.pack(CANCEL, sequence, 0.0, 0, 0, 0)
 
 
-SKIPPED_FRAME = RESPONSE.pack(SKIPPED, math.nan, 0, 0, 0)
+SKIPPED_FRAME = RESPONSE.pack(SKIPPED, math.nan, 0, 1, 0, 0)
 
 
 def response_frame(response: RawResponse, flags: int = 0) -> bytes:
@@ -79,7 +82,7 @@ def response_frame(response: RawResponse, flags: int = 0) -> bytes:
     headers = pack_headers(response.headers)
     run_ms = math.nan if response.run_ms is None else response.run_ms
     flags |= FAILED if response.run_failed else 0
-    return RESPONSE.pack(response.status, run_ms, flags, len(headers), len(body)) + headers + body
+    return RESPONSE.pack(response.status, run_ms, flags, response.batch, len(headers), len(body)) + headers + body
 
 
 def send_response(sock: socket.socket, response: RawResponse) -> None:
@@ -92,29 +95,44 @@ def send_response(sock: socket.socket, response: RawResponse) -> None:
     end_flags = 0
     try:
         for chunk in response.body:
-            sock.sendall(RESPONSE.pack(CHUNK, math.nan, 0, 0, len(chunk)) + chunk)
+            sock.sendall(RESPONSE.pack(CHUNK, math.nan, 0, 1, 0, len(chunk)) + chunk)
     except Exception:
         logger.exception("the streamed body of run()'s response raised")
         end_flags = FAILED
-    sock.sendall(RESPONSE.pack(END, math.nan, end_flags, 0, 0))
+    sock.sendall(RESPONSE.pack(END, math.nan, end_flags, 1, 0, 0))
+
+
+def send_batch(sock: socket.socket, responses: list[RawResponse], waited: float) -> None:
+    """The answers to requests taken together, in one write, after a control frame with the model
+    calls they took (the size of each, from the responses) and the time waited to fill them."""
+    sizes = collections.Counter(response.batch for response in responses)
+    calls = [size for size, answered in sorted(sizes.items()) for _ in range(answered // size)]
+    if any(not isinstance(response.body, bytes) for response in responses):  # a streamed body: one by one
+        sock.sendall(control_frame({"calls": calls, "wait_ms": waited * 1000.0}))
+        for response in responses:
+            send_response(sock, response)
+        return
+    sock.sendall(b"".join([control_frame({"calls": calls, "wait_ms": waited * 1000.0}),
+                           *(response_frame(response) for response in responses)]))
 
 
 def control_frame(message: dict[str, Any]) -> bytes:
     body = orjson.dumps(message)
-    return RESPONSE.pack(CONTROL, math.nan, 0, 0, len(body)) + body
+    return RESPONSE.pack(CONTROL, math.nan, 0, 1, 0, len(body)) + body
 
 
 class Frame(NamedTuple):
     status: int
     run_ms: float
     flags: int
+    batch: int
     headers: bytes
     body: bytes
 
     def response(self) -> RawResponse:
         run_ms = None if math.isnan(self.run_ms) else self.run_ms
         return RawResponse(self.status, unpack_headers(self.headers), self.body, run_ms=run_ms,
-                           run_failed=bool(self.flags & FAILED))
+                           run_failed=bool(self.flags & FAILED), batch=self.batch)
 
 
 class FrameBuffer:
@@ -127,14 +145,14 @@ class FrameBuffer:
         self._data += data
         frames: list[Frame] = []
         while len(self._data) >= RESPONSE.size:
-            status, run_ms, flags, headers_length, body_length = RESPONSE.unpack_from(self._data)
+            status, run_ms, flags, batch, headers_length, body_length = RESPONSE.unpack_from(self._data)
             end = RESPONSE.size + headers_length + body_length
             if len(self._data) < end:
                 break
             headers = bytes(self._data[RESPONSE.size:RESPONSE.size + headers_length])
             body = bytes(self._data[RESPONSE.size + headers_length:end])
             del self._data[:end]
-            frames.append(Frame(status, run_ms, flags, headers, body))
+            frames.append(Frame(status, run_ms, flags, batch, headers, body))
         return frames
 
 
@@ -233,6 +251,16 @@ class RequestReader:
         self.cancelled: set[int] = set()
         self.closed = False
 
+    def wait(self, seconds: float) -> None:
+        """Take in what the front sends within `seconds` (at most one read)."""
+        if select.select([self._sock], [], [], seconds)[0]:
+            self.read(block=True)
+
+    def runnable(self) -> bool:
+        """The first pending request may run: not cancelled, its start-by time not passed."""
+        sequence, start_by, _ = self.pending[0]
+        return sequence not in self.cancelled and not (start_by and start_by < time.time())
+
     def read(self, block: bool) -> None:
         """Take in what the front has sent; wait for something only when `block`."""
         try:
@@ -269,6 +297,38 @@ class RequestReader:
         del data[:offset]
 
 
+def take_batch(reader: RequestReader, batch: list[RawRequest], size: int, delay: float, sequence: int,
+               start_by: float, sock: socket.socket) -> tuple[int, float]:
+    """Add to `batch` the runnable requests that follow it, up to `size`, waiting up to `delay`
+    seconds for more to arrive (never past a request's start-by time: its queue deadline holds until
+    its batch starts); a request that may not run ends the batch (it is answered after it, in order). With more than one, tell the front the batch started: its requests' queue deadlines
+    no longer hold. The sequence number of its last request, and the seconds it waited to fill."""
+    started = time.monotonic()
+    deadline = started + delay
+    waited = 0.0
+    while len(batch) < size:
+        if not reader.pending:
+            # No longer than the delay, nor past the start-by time of a request in the batch.
+            left = deadline - time.monotonic()
+            if start_by:
+                left = min(left, start_by - time.time())
+            if left <= 0 or reader.closed:
+                break
+            reader.wait(left)
+            continue
+        if not reader.runnable():
+            break
+        sequence, member_start_by, request = reader.pending.popleft()
+        if member_start_by:
+            start_by = min(start_by, member_start_by) if start_by else member_start_by
+        batch.append(request)
+    if delay:
+        waited = time.monotonic() - started
+    if len(batch) > 1:
+        sock.sendall(control_frame({"batch": len(batch)}))
+    return sequence, waited
+
+
 def worker_main(settings: Any, sock: socket.socket) -> None:
     """The worker's life: load the script, init(), warm up, say ready, then score until the front
     closes the socket. Runs in a spawned process."""
@@ -294,8 +354,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
     # every later full garbage collection, which would otherwise walk it all and pause scoring.
     gc.freeze()
     recycling = Recycling(settings)
+    batch_size = settings.max_batch_size if pipeline.batches else 1
     sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up_error,
-                                "rss_after_init_mb": recycling.rss_after_init >> 20}))
+                                "rss_after_init_mb": recycling.rss_after_init >> 20, "batch": batch_size}))
     reader = RequestReader(sock)
     reported_drops = 0
     while not reader.closed:
@@ -303,20 +364,27 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
         reader.read(block=not reader.pending)
         if not reader.pending:
             continue
-        sequence, start_by, request = reader.pending.popleft()
-        if sequence in reader.cancelled:
+        if not reader.runnable():
+            sequence, _, _ = reader.pending.popleft()
             reader.cancelled.discard(sequence)
             sock.sendall(SKIPPED_FRAME)
-        elif start_by and start_by < time.time():
-            sock.sendall(SKIPPED_FRAME)
         else:
-            response = pipeline.handle(request)
-            # Before the answer, so that the front has counted them when the client hears back, and
+            sequence, start_by, request = reader.pending.popleft()
+            batch = [request]
+            waited = 0.0
+            if batch_size > 1:
+                sequence, waited = take_batch(reader, batch, batch_size, settings.max_batch_delay_ms / 1000.0,
+                                              sequence, start_by, sock)
+            responses = [pipeline.handle(request)] if len(batch) == 1 else pipeline.handle_batch(batch)
+            # Before the answers, so that the front has counted them when the clients hear back, and
             # has started a replacement before it sends this worker anything more.
             reported_drops = report_log_drops(sock, reported_drops)
             due = recycling.due()
             if due:
                 sock.sendall(control_frame({"retire": due, "rss_mb": rss_bytes() >> 20}))
-            send_response(sock, response)
+            if batch_size > 1:
+                send_batch(sock, responses, waited)
+            else:
+                send_response(sock, responses[0])
         if reader.cancelled:  # a cancel that came too late names a request already answered
             reader.cancelled = {cancelled for cancelled in reader.cancelled if cancelled > sequence}
