@@ -132,6 +132,8 @@ class LocalConfig:
 
     port: int | None = None  # [ours]: the documents give none; None leaves the port to the deploy target
     data_collection: DataCollection = field(default_factory=DataCollection)  # [ours]: as AKS's
+    max_batch_size: int = 1  # [ours]: requests one model call may take (batching); 1: off
+    max_batch_delay_ms: int = 0  # [ours]: how long a batch may wait to fill
     base_dir: Path | None = None
     notes: tuple[str, ...] = ()
 
@@ -153,6 +155,8 @@ class AciConfig:
     ssl_key: str | None = None  # [deploy-2019] required when sslEnabled
     cname: str | None = None  # [deploy-2019] no default
     dns_name_label: str | None = None  # [deploy-2019] none: Azure generates one
+    max_batch_size: int = 1  # [ours]: requests one model call may take (batching); 1: off
+    max_batch_delay_ms: int = 0  # [ours]: how long a batch may wait to fill
     base_dir: Path | None = None
     notes: tuple[str, ...] = ()
 
@@ -179,6 +183,8 @@ class AksConfig:
     scoring_timeout_ms: int = 60_000  # [deploy-2019] AKS table
     max_concurrent_requests_per_container: int = 1  # [deploy-2019] AKS table
     max_queue_wait_ms: int = 500  # [deploy-2019] AKS table
+    max_batch_size: int = 1  # [ours]: requests one model call may take (batching); 1: off
+    max_batch_delay_ms: int = 0  # [ours]: how long a batch may wait to fill
     num_replicas: int | None = None  # [deploy-2019] "no default"; not given, the autoscaler is on
     keys: Keys = field(default_factory=Keys)
     gpu_cores: int = 1  # [deploy-2019] AKS table
@@ -451,6 +457,8 @@ INFERENCE = Schema("the inference config", InferenceConfig, (
 LOCAL = Schema("computeType local", LocalConfig, (
     Field("port", "port", INTEGER, Range(1, 65535)),
     Field("dataCollection", "data_collection", _data_collection(f"to {DATA_COLLECTION_DIR}/ in the service's folder")),
+    Field("maxBatchSize", "max_batch_size", INTEGER, Range(1, 1024, reason="requests per model call")),
+    Field("maxBatchDelayMs", "max_batch_delay_ms", INTEGER, Range(0, 10_000)),
 ), header=("computeType",))
 
 CONTAINER_RESOURCES = Schema("containerResourceRequirements", ContainerResources, (
@@ -475,6 +483,8 @@ ACI = Schema("computeType aci", AciConfig, (
           note="ignored: point your own DNS name at the address the deploy target reports"),
     Field("dnsNameLabel", "dns_name_label", STRING,
           note="ignored: the service is reached at the address its deploy target reports"),
+    Field("maxBatchSize", "max_batch_size", INTEGER, Range(1, 1024, reason="requests per model call")),
+    Field("maxBatchDelayMs", "max_batch_delay_ms", INTEGER, Range(0, 10_000)),
 ), rules=(
     Rule(("sslEnabled", "sslCertificate", "sslKey"), _ssl_files),
 ), header=("computeType",))
@@ -515,6 +525,8 @@ AKS = Schema("computeType aks", AksConfig, (
     Field("maxConcurrentRequestsPerContainer", "max_concurrent_requests_per_container", INTEGER,
           MAX_CONCURRENT_REQUESTS),
     Field("maxQueueWaitMs", "max_queue_wait_ms", INTEGER, MAX_QUEUE_WAIT_MS),
+    Field("maxBatchSize", "max_batch_size", INTEGER, Range(1, 1024, reason="requests per model call")),
+    Field("maxBatchDelayMs", "max_batch_delay_ms", INTEGER, Range(0, 10_000)),
     Field("numReplicas", "num_replicas", INTEGER, Range(1)),
     Field("keys", "keys", KEYS),
     Field("gpuCores", "gpu_cores", INTEGER, Range(0)),
@@ -801,6 +813,10 @@ def to_settings_env(deployment: DeploymentConfig, inference: InferenceConfig | N
         env[SERVER_ENV["max_concurrent_requests"]] = str(deployment.max_concurrent_requests_per_container)
         env[SERVER_ENV["max_queue_wait_ms"]] = str(deployment.max_queue_wait_ms)
         env[SERVER_ENV["scoring_timeout_ms"]] = str(deployment.scoring_timeout_ms)
+    if deployment.max_batch_size != 1:
+        env[SERVER_ENV["max_batch_size"]] = str(deployment.max_batch_size)
+    if deployment.max_batch_delay_ms:
+        env[SERVER_ENV["max_batch_delay_ms"]] = str(deployment.max_batch_delay_ms)
     if auth_enabled(deployment):
         if keys is None or keys.primary_key is None:
             raise ValueError("authEnabled is true but no keys were given: pass service_keys(config)")

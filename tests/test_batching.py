@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import start_server
+from mlscore.deploy.configs import ConfigError, load_deployment_config, to_settings_env
 from mlscore.scoring.messages import RawRequest
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.server.settings import Settings, SettingsError
@@ -159,3 +160,13 @@ def test_a_lone_request_waits_for_nothing_without_a_delay(tmp_path):
         assert _metric(server.url, "mlscore_batch_wait_seconds_sum") == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("compute_type", ["local", "aci", "aks"])
+def test_deployment_configs_carry_the_batch_settings_to_the_server(compute_type):
+    config = load_deployment_config({"computeType": compute_type, "maxBatchSize": 16, "maxBatchDelayMs": 3,
+                                     **({} if compute_type == "local" else {"authEnabled": False})})
+    settings = Settings.build({}, environ=to_settings_env(config))
+    assert (settings.max_batch_size, settings.max_batch_delay_ms) == (16, 3)
+    with pytest.raises(ConfigError, match="maxBatchSize: must be an integer from 1 to 1024"):
+        load_deployment_config({"computeType": compute_type, "maxBatchSize": 0})

@@ -94,6 +94,8 @@ DEPLOYMENT_FIELDS = {
     "local": [
         ("port", 32267, "port", 32267, None),
         ("dataCollection.storageEnabled", True, "data_collection.storage_enabled", True, False),
+        ("maxBatchSize", 8, "max_batch_size", 8, 1),
+        ("maxBatchDelayMs", 2, "max_batch_delay_ms", 2, 0),
     ],
     "aci": [
         ("containerResourceRequirements.cpu", 2, "container_resource_requirements.cpu", 2.0, 0.1),
@@ -107,6 +109,8 @@ DEPLOYMENT_FIELDS = {
         ("sslKey", "key.pem", "ssl_key", "key.pem", None),
         ("cname", "scoring.example.com", "cname", "scoring.example.com", None),
         ("dnsNameLabel", "myservice", "dns_name_label", "myservice", None),
+        ("maxBatchSize", 8, "max_batch_size", 8, 1),
+        ("maxBatchDelayMs", 2, "max_batch_delay_ms", 2, 0),
     ],
     "aks": [
         ("autoScaler.autoscaleEnabled", False, "auto_scaler.autoscale_enabled", False, True),
@@ -122,6 +126,8 @@ DEPLOYMENT_FIELDS = {
         ("scoringTimeoutMs", 1000, "scoring_timeout_ms", 1000, 60000),
         ("maxConcurrentRequestsPerContainer", 8, "max_concurrent_requests_per_container", 8, 1),
         ("maxQueueWaitMs", 0, "max_queue_wait_ms", 0, 500),
+        ("maxBatchSize", 8, "max_batch_size", 8, 1),
+        ("maxBatchDelayMs", 2, "max_batch_delay_ms", 2, 0),
         ("numReplicas", 3, "num_replicas", 3, None),
         ("keys.primaryKey", "k1", "keys.primary_key", "k1", None),
         ("keys.secondaryKey", "k2", "keys.secondary_key", "k2", None),
@@ -296,7 +302,7 @@ def test_unknown_field_suggests_the_closest_name_and_lists_the_known_ones():
     with pytest.raises(ConfigError) as error:
         load_deployment_config({"computeType": "local", "Port": 80})
     assert problems(error) == ["deployment config: Port: unknown field (did you mean port?); the fields of "
-                               "computeType local are computeType, dataCollection, port"]
+                               "computeType local are computeType, dataCollection, maxBatchDelayMs, maxBatchSize, port"]
 
 
 def test_unknown_nested_field_is_named_by_its_path():
