@@ -14,7 +14,7 @@ import orjson
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import start_server
+from conftest import SCRIPTS, start_server
 from mlscore.deploy.configs import ConfigError, load_deployment_config, to_settings_env
 from mlscore.scoring.messages import RawRequest
 from mlscore.scoring.onnx_model import OnnxPipeline
@@ -170,3 +170,26 @@ def test_deployment_configs_carry_the_batch_settings_to_the_server(compute_type)
     assert (settings.max_batch_size, settings.max_batch_delay_ms) == (16, 3)
     with pytest.raises(ConfigError, match="maxBatchSize: must be an integer from 1 to 1024"):
         load_deployment_config({"computeType": compute_type, "maxBatchSize": 0})
+
+
+@pytest.mark.parametrize("executor", ["processes", "threads"])
+def test_an_entry_script_marked_batched_is_batched_by_the_server(tmp_path, executor):
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "batch_numpy.py"), "--executor", executor,
+                          "--max-batch-size", "8", "--max-batch-delay-ms", "500")
+    try:
+        def score_together(rows: list[list[float]]) -> list[httpx.Response]:
+            with concurrent.futures.ThreadPoolExecutor(len(rows)) as pool:
+                return list(pool.map(lambda row: httpx.post(server.url + "/score", json={"data": [row]}, timeout=30),
+                                     rows))
+
+        rows = [[float(index), 1.0, 2.0] for index in range(8)]
+        for row, answer in zip(rows, score_together(rows)):
+            assert answer.status_code == 200 and answer.json() == [sum(row)], answer.text
+        assert _metric(server.url, "mlscore_batch_size_sum") == 8
+        assert _metric(server.url, "mlscore_batch_size_count") < 8
+        # A batch whose run() raises is run again request by request: only the bad row's request fails.
+        *good, bad = score_together([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [666.0, 0.0, 0.0]])
+        assert [answer.json() for answer in good] == [[3.0], [6.0]]
+        assert bad.status_code == 500 and bad.headers["x-ms-run-function-failed"] == "True"
+    finally:
+        server.stop()
