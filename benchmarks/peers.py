@@ -34,7 +34,7 @@ variant's paired round by round; then the targets of issue 17 as PASS/FAIL lines
 ``--write-results`` appends a dated section to ``benchmarks/RESULTS.md`` and writes the chart
 ``benchmarks/peers.png`` (else the chart goes to ``benchmarks/.work/peers/``).
 
-    .venv/bin/python benchmarks/peers.py --write-results           # the full matrix, about 25 minutes
+    .venv/bin/python benchmarks/peers.py --write-results           # the full matrix, about 21 minutes
     .venv/bin/python benchmarks/peers.py --rounds 1 --duration 3   # a quick look, about 8 minutes
     .venv/bin/python benchmarks/peers.py --check-only              # install, start, check answers
     .venv/bin/python benchmarks/peers.py --models small --servers mlscore,litserve --concurrency 8
@@ -829,8 +829,8 @@ def write_results(args: argparse.Namespace, rows: list[Row], outcomes: list[Outc
         f"- load: {wrk_version}, -t 1, one row per request in each server's JSON, c="
         f"{','.join(map(str, args.concurrency))}, {args.duration} s cells after a {args.warmup} s warm-up, "
         f"{args.rounds} round(s), every server once a round (order rotated); batching: max {MAX_BATCH_SIZE} rows, "
-        f"{BATCH_DELAY_MS:g} ms (MLServer, LitServe), BentoML's adaptive window (max_latency_ms 1000), "
-        "mlscore's default delay",
+        f"{BATCH_DELAY_MS:g} ms (MLServer, LitServe, mlscore batch {BATCH_DELAY_MS:g}ms), BentoML's adaptive window "
+        "(max_latency_ms 1000), none for mlscore batch (`--max-batch-delay-ms` 0: what is queued)",
         "", "```", command, "```", "",
         "Servers and answer checks:", "", *outcome_lines(outcomes), "",
     ]
