@@ -135,6 +135,8 @@ class OnnxPipeline:
         its 400 here), then those whose inputs match run as one call, their outputs split back by
         rows. Should the batch's call fail, each of its requests runs alone, so only a failing one
         gets its error."""
+        if len(requests) == 1:
+            return [self.handle(requests[0])]
         responses: list[RawResponse | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[tuple[int, _Decoded]]] = {}
         for index, request in enumerate(requests):

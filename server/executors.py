@@ -13,6 +13,7 @@ scoring timeout being the batch's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -34,13 +35,15 @@ def timeout_response(timeout_ms: int) -> RawResponse:
 
 class Batcher:
     """Gathers the queued requests a starting one takes into its model call: up to `size` in all,
-    waiting up to `delay` seconds for more when fewer are queued. `on_batch` hears of each call."""
+    waiting up to `delay` seconds for more when fewer are queued. `on_batch` hears of each model
+    call (the requests it took), `on_batch_wait` of each batch's wait to fill."""
 
     def __init__(self, admission: AdmissionQueue, size: int, delay_ms: int) -> None:
         self._admission = admission
         self.size = size
         self._delay = delay_ms / 1000.0
-        self.on_batch: Callable[[int, float], None] | None = None
+        self.on_batch: Callable[[int], None] | None = None
+        self.on_batch_wait: Callable[[float], None] | None = None
 
     def gather(self, ticket: Ticket, then: Callable[[list[Ticket]], None]) -> None:
         """Call `then` with the ticket and the queued ones that join it, now or after the delay."""
@@ -49,12 +52,22 @@ class Batcher:
         if len(tickets) < self.size and self._delay > 0:
             ticket.loop.call_later(self._delay, self._filled, tickets, then, ticket.loop.time())
             return
-        self._report(tickets, 0.0)
+        if len(tickets) > 1 and self.on_batch_wait is not None:
+            self.on_batch_wait(0.0)
         then(tickets)
+
+    def answered(self, responses: list[RawResponse]) -> None:
+        """Count the model calls behind these answers (each says how many requests its call took)."""
+        if self.on_batch is None:
+            return
+        for size, count in collections.Counter(response.batch for response in responses).items():
+            for _ in range(count // size):
+                self.on_batch(size)
 
     def _filled(self, tickets: list[Ticket], then: Callable[[list[Ticket]], None], since: float) -> None:
         self._take(tickets)
-        self._report(tickets, tickets[0].loop.time() - since)
+        if self.on_batch_wait is not None:
+            self.on_batch_wait(tickets[0].loop.time() - since)
         then(tickets)
 
     def _take(self, tickets: list[Ticket]) -> None:
@@ -64,10 +77,6 @@ class Batcher:
                 return
             if self._admission.started(ticket):  # its queue deadline no longer holds: it is in a batch
                 tickets.append(ticket)
-
-    def _report(self, tickets: list[Ticket], waited: float) -> None:
-        if self.on_batch is not None:
-            self.on_batch(len(tickets), waited)
 
 
 def _answer_all(tickets: list[Ticket], responses: list[RawResponse]) -> None:
@@ -105,16 +114,27 @@ class ThreadExecutor:
         if self.batcher is not None:
             self.batcher.gather(ticket, lambda tickets: self._submit_batch(tickets, slot))
             return
+        self._submit_one(ticket, slot)
+
+    def _submit_one(self, ticket: Ticket, slot: Slot) -> None:
         loop = ticket.loop
         answer = ticket.answer
         timeout = ticket.run_timeout(self._scoring_timeout)
         future = loop.run_in_executor(self._pool, self._pipeline.handle, ticket.request)
         timer = loop.call_later(timeout, self._time_out, future, answer, round(timeout * 1000))
         future.add_done_callback(lambda done: _finished(done, slot, timer, answer))
+        if self.batcher is not None:
+            future.add_done_callback(lambda done: self._count(done, lambda response: [response]))
+
+    def _count(self, done: asyncio.Future, responses: Callable[[object], list[RawResponse]]) -> None:
+        if self.batcher is not None and not done.cancelled() and done.exception() is None:
+            self.batcher.answered(responses(done.result()))
 
     def _submit_batch(self, tickets: list[Ticket], slot: Slot) -> None:
-        """Several requests in one call on a thread (or one, as handle_batch answers it): the scoring
-        timeout runs from here for all of them."""
+        """Several requests in one call on a thread: the scoring timeout runs from here for all of them."""
+        if len(tickets) == 1:
+            self._submit_one(tickets[0], slot)
+            return
         loop = tickets[0].loop
         timeout = min(ticket.run_timeout(self._scoring_timeout) for ticket in tickets)
         future = loop.run_in_executor(self._pool, self._pipeline.handle_batch, [ticket.request for ticket in tickets])
@@ -131,6 +151,7 @@ class ThreadExecutor:
                 _answer_all(tickets, done.result())
 
         future.add_done_callback(finished)
+        future.add_done_callback(lambda done: self._count(done, lambda responses: responses))
 
     def _time_out_batch(self, future: asyncio.Future[list[RawResponse]],
                         answers: list[asyncio.Future[RawResponse]], timeout_ms: int) -> None:
@@ -180,8 +201,13 @@ class InlineExecutor:
             slot.release()
 
     def _run_batch(self, tickets: list[Ticket], slot: Slot) -> None:
+        assert self.batcher is not None
         try:
-            _answer_all(tickets, self._pipeline.handle_batch([ticket.request for ticket in tickets]))
+            requests = [ticket.request for ticket in tickets]
+            responses = self._pipeline.handle_batch(requests) if len(requests) > 1 else [
+                self._pipeline.handle(requests[0])]
+            _answer_all(tickets, responses)
+            self.batcher.answered(responses)
         finally:
             slot.release()
 

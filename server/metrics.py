@@ -66,10 +66,13 @@ class Metrics:
         if run_ms is not None:
             self._run.observe(run_ms / 1000.0)
 
-    def batched(self, requests: int, waited: float) -> None:
-        """A model call that took `requests` queued requests, after waiting `waited` seconds to fill."""
+    def batched(self, requests: int) -> None:
+        """A model call that took `requests` requests."""
         self._batch_size.observe(requests)
-        self._batch_wait.observe(waited)
+
+    def batch_waited(self, seconds: float) -> None:
+        """A batch that started with more than one request, or after waiting for more."""
+        self._batch_wait.observe(seconds)
 
     def rejected(self, reason: str) -> None:
         self._rejections[reason] = self._rejections.get(reason, 0) + 1
@@ -116,8 +119,8 @@ class _Counts:
         yield metrics._run.family("mlscore_run_duration_seconds", "Time spent in run(), as the pipeline measured it.")
         yield metrics._batch_size.family("mlscore_batch_size", "Requests per model call, with batching on "
                                          "(--max-batch-size above 1 and a pipeline that batches).")
-        yield metrics._batch_wait.family("mlscore_batch_wait_seconds", "How long a batch waited for requests "
-                                         "to fill it (--max-batch-delay-ms).")
+        yield metrics._batch_wait.family("mlscore_batch_wait_seconds", "How long a batch of several requests "
+                                         "(or one that waited for more) waited to fill (--max-batch-delay-ms).")
         rejections = CounterMetricFamily("mlscore_rejections", "Requests refused or cut short, by reason.",
                                          labels=["reason"])
         for reason, count in list(metrics._rejections.items()):

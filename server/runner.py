@@ -237,7 +237,7 @@ def use_executor(state: ServerState, executor: Executor, warm_up_error: str, ini
     state.metrics.init_seconds.set(init_seconds)
     batcher = executor if isinstance(executor, ProcessExecutor) else getattr(executor, "batcher", None)
     if batcher is not None:
-        batcher.on_batch = state.metrics.batched
+        batcher.on_batch, batcher.on_batch_wait = state.metrics.batched, state.metrics.batch_waited
     _report_warm_up(state, warm_up_error)
 
 

@@ -121,10 +121,7 @@ class WorkerConnection(asyncio.Protocol):
         if message.get("log_dropped"):
             logs.worker_dropped(self._worker.pid, message["log_dropped"])
         if message.get("batch"):
-            self._executor._batch_started(self._worker, message["batch"])
-        if "calls" in message and self._executor.on_batch is not None:
-            for size in message["calls"]:
-                self._executor.on_batch(size, message["wait_ms"] / 1000.0)
+            self._executor._batch_started(self._worker, message["batch"], message["wait_ms"] / 1000.0)
         if message.get("retire"):
             self._executor._retire(self._worker, message["retire"], message.get("rss_mb", 0))
 
@@ -169,6 +166,7 @@ class Worker:
     warm_up_error: str = ""
     rss_after_init_mb: int = 0
     batch: int = 1  # the most requests it takes in one model call (1: its pipeline does not batch)
+    answered_by_size: dict[int, int] = field(default_factory=dict, repr=False)  # see _count_call
     connection: WorkerConnection | None = field(default=None, repr=False)
     # Recycling (--worker-max-requests, --worker-max-rss-mb): why the worker is being replaced, once
     # it said it is due; `replaced` once its replacement is ready, `stopped` when its memory passed
@@ -228,7 +226,8 @@ class ProcessExecutor:
         self._problem = ""
         self._closing = False
         self.restarts: dict[str, int] = {}  # replacements by reason (metrics.RESTART_REASONS)
-        self.on_batch: Callable[[int, float], None] | None = None  # (requests, seconds waited) per model call
+        self.on_batch: Callable[[int], None] | None = None  # the requests of each model call
+        self.on_batch_wait: Callable[[float], None] | None = None  # the seconds each batch waited to fill
         self._warned_rss = False
         admission.bind(self.submit, self._queue_grew)
 
@@ -328,17 +327,32 @@ class ProcessExecutor:
         assert call.timer is not None and call.slot is not None
         call.timer.cancel()
         self._next(worker, call.slot)
+        if worker.batch > 1 and response is not None and self.on_batch is not None:
+            self._count_call(worker, response.batch)
         if response is not None and not call.ticket.answer.done():
             call.ticket.answer.set_result(response)
 
-    def _batch_started(self, worker: Worker, size: int) -> None:
-        """The worker takes its next `size` requests together: those held ready are started (their
-        queue deadlines no longer hold); the first holds the slot and the scoring timer for all."""
+    def _count_call(self, worker: Worker, size: int) -> None:
+        """Count the model calls of a batching worker from its answers: each says how many requests
+        its call took, and a call's answers all come before the next batch's."""
+        assert self.on_batch is not None
+        answered = worker.answered_by_size.get(size, 0) + 1
+        if answered == size:
+            self.on_batch(size)
+            answered = 0
+        worker.answered_by_size[size] = answered
+
+    def _batch_started(self, worker: Worker, size: int, waited: float) -> None:
+        """The worker takes its next `size` requests together (after waiting `waited` seconds for
+        them): those held ready are started (their queue deadlines no longer hold); the first holds
+        the slot and the scoring timer for all."""
         assert worker.connection is not None
         calls = list(itertools.islice(worker.connection.calls, size))
         for call in calls[1:]:
             call.head = calls[0]
             self._admission.started(call.ticket)
+        if self.on_batch_wait is not None:
+            self.on_batch_wait(waited)
 
     def _skipped(self, worker: Worker, call: Call) -> None:
         """The worker did not run `call`: it was cancelled, or its queue deadline passed first."""

@@ -18,7 +18,6 @@ once, that the worker is due for replacement (past --worker-max-requests or --wo
 
 from __future__ import annotations
 
-import collections
 import gc
 import logging
 import math
@@ -100,20 +99,6 @@ def send_response(sock: socket.socket, response: RawResponse) -> None:
         logger.exception("the streamed body of run()'s response raised")
         end_flags = FAILED
     sock.sendall(RESPONSE.pack(END, math.nan, end_flags, 1, 0, 0))
-
-
-def send_batch(sock: socket.socket, responses: list[RawResponse], waited: float) -> None:
-    """The answers to requests taken together, in one write, after a control frame with the model
-    calls they took (the size of each, from the responses) and the time waited to fill them."""
-    sizes = collections.Counter(response.batch for response in responses)
-    calls = [size for size, answered in sorted(sizes.items()) for _ in range(answered // size)]
-    if any(not isinstance(response.body, bytes) for response in responses):  # a streamed body: one by one
-        sock.sendall(control_frame({"calls": calls, "wait_ms": waited * 1000.0}))
-        for response in responses:
-            send_response(sock, response)
-        return
-    sock.sendall(b"".join([control_frame({"calls": calls, "wait_ms": waited * 1000.0}),
-                           *(response_frame(response) for response in responses)]))
 
 
 def control_frame(message: dict[str, Any]) -> bytes:
@@ -298,14 +283,14 @@ class RequestReader:
 
 
 def take_batch(reader: RequestReader, batch: list[RawRequest], size: int, delay: float, sequence: int,
-               start_by: float, sock: socket.socket) -> tuple[int, float]:
+               start_by: float, sock: socket.socket) -> int:
     """Add to `batch` the runnable requests that follow it, up to `size`, waiting up to `delay`
     seconds for more to arrive (never past a request's start-by time: its queue deadline holds until
-    its batch starts); a request that may not run ends the batch (it is answered after it, in order). With more than one, tell the front the batch started: its requests' queue deadlines
-    no longer hold. The sequence number of its last request, and the seconds it waited to fill."""
+    its batch starts); a request that may not run ends the batch (it is answered after it, in
+    order). With more than one, or after a wait, tell the front the batch started (its requests'
+    queue deadlines no longer hold) and how long it waited. The sequence number of its last request."""
     started = time.monotonic()
     deadline = started + delay
-    waited = 0.0
     while len(batch) < size:
         if not reader.pending:
             # No longer than the delay, nor past the start-by time of a request in the batch.
@@ -322,11 +307,10 @@ def take_batch(reader: RequestReader, batch: list[RawRequest], size: int, delay:
         if member_start_by:
             start_by = min(start_by, member_start_by) if start_by else member_start_by
         batch.append(request)
-    if delay:
-        waited = time.monotonic() - started
-    if len(batch) > 1:
-        sock.sendall(control_frame({"batch": len(batch)}))
-    return sequence, waited
+    waited = time.monotonic() - started if delay else 0.0
+    if len(batch) > 1 or waited:
+        sock.sendall(control_frame({"batch": len(batch), "wait_ms": waited * 1000.0}))
+    return sequence
 
 
 def worker_main(settings: Any, sock: socket.socket) -> None:
@@ -371,10 +355,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
         else:
             sequence, start_by, request = reader.pending.popleft()
             batch = [request]
-            waited = 0.0
             if batch_size > 1:
-                sequence, waited = take_batch(reader, batch, batch_size, settings.max_batch_delay_ms / 1000.0,
-                                              sequence, start_by, sock)
+                sequence = take_batch(reader, batch, batch_size, settings.max_batch_delay_ms / 1000.0, sequence,
+                                      start_by, sock)
             responses = [pipeline.handle(request)] if len(batch) == 1 else pipeline.handle_batch(batch)
             # Before the answers, so that the front has counted them when the clients hear back, and
             # has started a replacement before it sends this worker anything more.
@@ -382,9 +365,10 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
             due = recycling.due()
             if due:
                 sock.sendall(control_frame({"retire": due, "rss_mb": rss_bytes() >> 20}))
-            if batch_size > 1:
-                send_batch(sock, responses, waited)
+            if len(responses) > 1 and all(isinstance(response.body, bytes) for response in responses):
+                sock.sendall(b"".join(response_frame(response) for response in responses))  # one write
             else:
-                send_response(sock, responses[0])
+                for response in responses:
+                    send_response(sock, response)
         if reader.cancelled:  # a cancel that came too late names a request already answered
             reader.cancelled = {cancelled for cancelled in reader.cancelled if cancelled > sequence}
