@@ -5,6 +5,7 @@ and Server-Timing say how many shared a call."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 
 import httpx
@@ -191,5 +192,31 @@ def test_an_entry_script_marked_batched_is_batched_by_the_server(tmp_path, execu
         *good, bad = score_together([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [666.0, 0.0, 0.0]])
         assert [answer.json() for answer in good] == [[3.0], [6.0]]
         assert bad.status_code == 500 and bad.headers["x-ms-run-function-failed"] == "True"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("trouble, status", [({"ms": 5000}, 504), ({"die": True}, 500)])
+def test_every_request_of_a_batch_shares_its_timeout_or_its_worker_death(tmp_path, trouble, status):
+    server = start_server(tmp_path, "--entry-script", str(SCRIPTS / "batch_sleepy.py"), "--max-batch-size", "4",
+                          "--max-batch-delay-ms", "1000", "--max-queue-wait-ms", "5000",
+                          "--scoring-timeout-ms", "1500")
+    try:
+        bodies = [{"ms": 0}, {"ms": 0}, {"ms": 0}, trouble]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda body: httpx.post(server.url + "/score", json=body, timeout=30), bodies))
+        # They were one batch (the delay lets all four join it), so each gets the batch's fate, and
+        # none is run again elsewhere.
+        assert [answer.status_code for answer in answers] == [status] * 4, [answer.text for answer in answers]
+        assert _metric(server.url, "mlscore_batch_wait_seconds_count") == 1
+        # The worker is replaced (ready again once its replacement is), and the next batch is served.
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "no replacement worker"
+            time.sleep(0.05)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            again = list(pool.map(lambda body: httpx.post(server.url + "/score", json=body, timeout=30),
+                                  [{"ms": 0}, {"ms": 0}]))
+        assert [answer.status_code for answer in again] == [200, 200]
     finally:
         server.stop()
