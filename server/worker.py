@@ -42,6 +42,7 @@ from mlscore.server import logs
 REQUEST = struct.Struct("!BIdIII")
 RUN, CANCEL = 0, 1  # request kinds
 RESPONSE = struct.Struct("!HdBHII")
+READ_SIZE = 1 << 20  # the most the worker takes from its socket in one read
 # Status values that are not HTTP statuses: a control message, a body chunk, its end, a request not run.
 CONTROL, CHUNK, END, SKIPPED = 0, 1, 2, 3
 FAILED, STREAMED = 1, 2  # flag bits: run() failed; the body follows as CHUNK frames and an END frame
@@ -235,6 +236,14 @@ class RequestReader:
         self.pending: deque[tuple[int, float, RawRequest]] = deque()
         self.cancelled: set[int] = set()
         self.closed = False
+        # Reads land in one buffer, allocated once: a fresh 1 MiB bytes object per read cost page
+        # faults (about 4 µs a request on a small model). Between requests a poll looks whether
+        # anything arrived: a non-blocking recv that finds nothing raises BlockingIOError, whose
+        # making (the errno's text) costs more than the look.
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
 
     def wait(self, seconds: float) -> None:
         """Take in what the front sends within `seconds` (at most one read)."""
@@ -248,14 +257,13 @@ class RequestReader:
 
     def read(self, block: bool) -> None:
         """Take in what the front has sent; wait for something only when `block`."""
-        try:
-            data = self._sock.recv(1 << 20, 0 if block else socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        if not block and not self._poll.poll(0):
             return
-        if not data:
+        size = self._sock.recv_into(self._buffer)
+        if not size:
             self.closed = True
             return
-        self._data += data
+        self._data += self._view[:size]
         self._parse()
 
     def _parse(self) -> None:
