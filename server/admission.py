@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any, Callable
 
 from mlscore.scoring.messages import RawRequest
+from mlscore.server.deadlines import Deadlines, Timer
 
 
 class Rejected:
@@ -66,7 +67,7 @@ class Ticket:
         self.answer = answer
         # Its loop, kept: on Python 3.11 each asyncio.get_running_loop() is a getpid() system call.
         self.loop = answer.get_loop()
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Timer | None = None  # its queue deadline, while it waits
         self.started = arrived
         self.state = WAITING
         self.on_leave: Callable[[], None] | None = None  # set by the executor that pulled it
@@ -96,6 +97,7 @@ class AdmissionQueue:
         self._hold_seconds = 0.01
         self._start: Callable[[Ticket, Slot], None] | None = None
         self._waiting_hook: Callable[[], None] | None = None
+        self._deadlines: Deadlines | None = None
 
     def bind(self, start: Callable[[Ticket, Slot], None], waiting_hook: Callable[[], None] | None = None) -> None:
         """`start(ticket, slot)` begins scoring a ticket given a slot (the executor's submit);
@@ -129,7 +131,10 @@ class AdmissionQueue:
         if self.queued >= self.max_queue_size:
             return Rejected("queue_full", f"Queue full: {self.max_queue_size} requests are already waiting "
                             "for a scoring slot.", self.retry_after())
-        ticket.timer = ticket.loop.call_later(wait, self._expire, ticket, round(wait * 1000))
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not ticket.loop:
+            deadlines = self._deadlines = Deadlines(ticket.loop)
+        ticket.timer = deadlines.call_later(wait, self._expire, ticket, round(wait * 1000))
         self._waiters.append(ticket)
         if self._waiting_hook is not None:
             self._waiting_hook()

@@ -36,6 +36,7 @@ from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import error_response
 from mlscore.server import logs
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket, queue_timeout
+from mlscore.server.deadlines import Deadlines, Timer
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
 from mlscore.server.worker import (
@@ -63,7 +64,7 @@ class Call:
     def __init__(self, ticket: Ticket, slot: Slot | None) -> None:
         self.ticket = ticket
         self.slot = slot
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Timer | None = None  # its scoring timeout, once it holds a slot
         self.worker: Worker | None = None
         self.sequence = 0
         self.stream: asyncio.Queue[bytes | Exception | None] | None = None
@@ -229,6 +230,7 @@ class ProcessExecutor:
         self.on_batch: Callable[[int], None] | None = None  # the requests of each model call
         self.on_batch_wait: Callable[[float], None] | None = None  # the seconds each batch waited to fill
         self._warned_rss = False
+        self._deadlines: Deadlines | None = None  # the scoring timeouts
         admission.bind(self.submit, self._queue_grew)
 
     @classmethod
@@ -284,7 +286,10 @@ class ProcessExecutor:
 
     def _run_timer(self, call: Call) -> None:
         timeout = call.ticket.run_timeout(self._scoring_timeout)
-        call.timer = call.ticket.loop.call_later(timeout, self._timed_out, call, round(timeout * 1000))
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not call.ticket.loop:
+            deadlines = self._deadlines = Deadlines(call.ticket.loop)
+        call.timer = deadlines.call_later(timeout, self._timed_out, call, round(timeout * 1000))
 
     def _queue_grew(self) -> None:
         """A request joined the queue: hold it ready next to a busy worker if one has room."""
