@@ -18,6 +18,7 @@ from uvicorn.server import ServerState
 
 from conftest import SCRIPTS, Server, connect, read_until_closed, start_server, status_and_body
 from mlscore.server import protocol
+from mlscore.server.errors import BytesResponse
 from mlscore.server.protocol import DirectRequest
 from mlscore.server.settings import Settings
 
@@ -217,10 +218,11 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     """Every request here is a direct one."""
 
 
-def connection(clock: Clock, handler: Handler) -> tuple[protocol.GuardedHttpToolsProtocol, Transport]:
+def connection(clock: Clock, handler: Handler, keep_alive: float = 5.0
+               ) -> tuple[protocol.GuardedHttpToolsProtocol, Transport]:
     settings = Settings.build({"entry_script": "x.py", "body_timeout": TIMEOUT, "body_min_rate": MIN_RATE},
                               environ={})
-    config = uvicorn.Config(_no_app, lifespan="off", log_config=None)
+    config = uvicorn.Config(_no_app, lifespan="off", log_config=None, timeout_keep_alive=keep_alive)  # type: ignore[arg-type]
     config.load()
     http = protocol.protocol_class(settings, 100, (), handler)
     assert not isinstance(http, str)
@@ -233,8 +235,9 @@ def connection(clock: Clock, handler: Handler) -> tuple[protocol.GuardedHttpTool
 def test_a_request_in_one_read_arms_no_timer():
     clock, handler = Clock(), Handler()
     made, _ = connection(clock, handler)
+    idle = clock.armed()  # the keep-alive timeout's, armed once when the connection was made, and left armed
     made.data_received(post_head(9) + b'{"ms": 0}')
-    assert len(handler.requests) == 1 and clock.armed() == []
+    assert len(handler.requests) == 1 and clock.armed() == idle and len(idle) == 1
 
 
 def test_body_is_cut_at_body_timeout_plus_a_second_per_min_rate_bytes():
@@ -262,3 +265,63 @@ def test_reading_paused_for_the_app_does_not_count_against_the_body():
         made.data_received(b"x" * 1000)
         clock.advance(0.5)
     assert not transport.closed and len(handler.requests) == 1
+
+
+# --- the keep-alive timeout, kept lazily (one timer, armed again only when it fires early) -------
+
+KEEP_ALIVE = 2.0
+KEPT_ALIVE = b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n{\"ms\": 0}"
+
+
+def answer(handler: Handler) -> None:
+    handler.requests.pop(0).respond(BytesResponse(200, [(b"content-type", b"application/json")], b"{}"))
+
+
+def test_a_connection_that_sends_nothing_closes_at_the_keep_alive_timeout():
+    clock, handler = Clock(), Handler()
+    _, transport = connection(clock, handler, KEEP_ALIVE)
+    clock.advance(KEEP_ALIVE - 0.01)
+    assert not transport.closed
+    clock.advance(0.02)
+    assert transport.closed
+
+
+def test_an_idle_connection_closes_at_the_keep_alive_timeout_after_its_last_answer():
+    clock, handler = Clock(), Handler()
+    made, transport = connection(clock, handler, KEEP_ALIVE)
+    for _ in range(3):  # requests at 1.5 s intervals, each answered 0.5 s later: never idle for 2 s
+        clock.advance(1.5)
+        made.data_received(KEPT_ALIVE)
+        clock.advance(0.5)
+        answer(handler)
+    last_answer = clock.now
+    assert transport.written.count(b"HTTP/1.1 200 ") == 3 and not transport.closed
+    clock.advance(KEEP_ALIVE - 0.01)
+    assert not transport.closed
+    clock.advance(0.02)
+    assert transport.closed and clock.now - last_answer < KEEP_ALIVE + 0.02
+    assert len(clock.timers) <= 3, "the idle timer is re-armed when it fires early, not per request"
+
+
+def test_a_request_in_flight_longer_than_the_keep_alive_timeout_keeps_its_connection():
+    clock, handler = Clock(), Handler()
+    made, transport = connection(clock, handler, KEEP_ALIVE)
+    made.data_received(KEPT_ALIVE)
+    clock.advance(10 * KEEP_ALIVE)  # run() takes its time
+    assert not transport.closed
+    answer(handler)
+    assert transport.written.startswith(b"HTTP/1.1 200 ")
+    clock.advance(KEEP_ALIVE - 0.01)
+    assert not transport.closed
+    clock.advance(0.02)
+    assert transport.closed
+
+
+def test_a_closed_connection_leaves_no_idle_timer_armed():
+    clock, handler = Clock(), Handler()
+    made, transport = connection(clock, handler, KEEP_ALIVE)
+    made.data_received(KEPT_ALIVE)
+    answer(handler)
+    transport.close()
+    made.connection_lost(None)
+    assert clock.armed() == []
