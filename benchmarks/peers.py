@@ -26,7 +26,10 @@ must be their own rows' (a batcher that mixes rows up fails). A server that fail
 check is reported and left out. Then, for each model and concurrency (``--concurrency``, default
 1,8,64), ``--rounds`` rounds, each server once a round (the order rotated round by round): a
 ``--warmup`` of wrk, then ``--duration`` seconds of wrk posting one row in that server's own JSON
-shape, with the server's CPU (user + system of its process tree, from /proc) over the cell.
+shape, with the server's CPU (user + system of its process tree, from /proc) over the cell. The
+other servers are paused meanwhile (SIGSTOP to their process groups, SIGCONT after; ``--no-pause``
+leaves them running): LitServe's batching loop alone polls at about a tenth of a core while idle,
+taken from whichever server is measured.
 
 Reported per (model, server, c): successful (2xx) req/s as the median over the rounds with
 [min–max] and spread, p50/p99, server CPU ms per request, errors, and req/s over the best peer
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import json
 import math
@@ -58,7 +62,7 @@ import time
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -585,6 +589,23 @@ def measure_cell(wrk: str, running: Running, concurrency: int, args: argparse.Na
     return cell, output
 
 
+@contextlib.contextmanager
+def others_paused(measured: Running, servers: list[Running], pause: bool) -> Iterator[None]:
+    """While a cell runs, every other server is stopped (SIGSTOP to its process group, SIGCONT
+    after): what it does while idle (LitServe's batching loop polls, about a tenth of a core) then
+    takes nothing from the server measured, whose own CPU may be the bound."""
+    paused = [r.server.proc.pid for r in servers if pause and r is not measured and r.server.proc.poll() is None]
+    for group in paused:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for group in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGCONT)
+
+
 def measure(wrk: str, model: ModelSpec, servers: list[Running], args: argparse.Namespace) -> list[Row]:
     """For each concurrency, `--rounds` rounds of one cell per server, the order rotated each round."""
     rows = {(r.variant.label, c): Row(model.name, r.variant, c) for c in args.concurrency for r in servers}
@@ -599,7 +620,8 @@ def measure(wrk: str, model: ModelSpec, servers: list[Running], args: argparse.N
                         print(f"[{done}/{total}] {running.variant.label} has exited "
                               f"({running.server.proc.returncode}); no cell", flush=True)
                         continue
-                    cell, output = measure_cell(wrk, running, concurrency, args)
+                    with others_paused(running, servers, args.pause_others):
+                        cell, output = measure_cell(wrk, running, concurrency, args)
                     raw_log.write(f"### {running.variant.label} {model.name} c={concurrency} "
                                   f"round={round_index + 1}\n{output}\n")
                     rows[(running.variant.label, concurrency)].cells.append(cell)
@@ -828,7 +850,8 @@ def write_results(args: argparse.Namespace, rows: list[Row], outcomes: list[Outc
         "session options of `benchmarks/peers/onnx_session.py`",
         f"- load: {wrk_version}, -t 1, one row per request in each server's JSON, c="
         f"{','.join(map(str, args.concurrency))}, {args.duration} s cells after a {args.warmup} s warm-up, "
-        f"{args.rounds} round(s), every server once a round (order rotated); batching: max {MAX_BATCH_SIZE} rows, "
+        f"{args.rounds} round(s), every server once a round (order rotated), "
+        f"{'the others paused (SIGSTOP) during each cell' if args.pause_others else 'the others left running'}; batching: max {MAX_BATCH_SIZE} rows, "
         f"{BATCH_DELAY_MS:g} ms (MLServer, LitServe, mlscore batch {BATCH_DELAY_MS:g}ms), BentoML's adaptive window "
         "(max_latency_ms 1000), none for mlscore batch (`--max-batch-delay-ms` 0: what is queued)",
         "", "```", command, "```", "",
@@ -863,6 +886,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=4, help="whole seconds per cell (default 4)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="whole seconds of discarded wrk load before each cell (default 1; 0: none)")
+    parser.add_argument("--no-pause", dest="pause_others", action="store_false",
+                        help="leave the other servers running during a cell (by default they are paused, "
+                             "SIGSTOP/SIGCONT, so their idle work does not count against the one measured)")
     parser.add_argument("--check-only", action="store_true",
                         help="install, start and check every server's answers, measure nothing")
     parser.add_argument("--write-results", action="store_true",

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -111,3 +116,48 @@ def test_arguments_keep_the_models_in_their_order_and_refuse_unknown_servers():
     assert peers.parse_args(["--models", "wide,small"]).models == ["small", "wide"]
     with pytest.raises(SystemExit):
         peers.parse_args(["--servers", "triton"])
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_the_servers_not_measured_are_paused_during_a_cell_and_resumed_after():
+    def idle_server() -> SimpleNamespace:  # a parent and a child, as a server and its worker
+        proc = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                                 "time.sleep(60)"], start_new_session=True)
+        return SimpleNamespace(server=SimpleNamespace(proc=proc))
+
+    servers = [idle_server() for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 30
+        while any(not _children(s.server.proc.pid) for s in servers):  # each has its child
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        groups = [[s.server.proc.pid, *_children(s.server.proc.pid)] for s in servers]
+        with pytest.raises(RuntimeError), peers.others_paused(servers[0], servers, pause=True):
+            assert [_state(pid) for pid in groups[0]] != ["T", "T"]
+            for group in groups[1:]:
+                assert [_state(pid) for pid in group] == ["T", "T"]
+            raise RuntimeError("a cell that fails still resumes the others")
+        for group in groups:
+            assert "T" not in [_state(pid) for pid in group]
+        with peers.others_paused(servers[0], servers, pause=False):
+            assert all("T" not in [_state(pid) for pid in group] for group in groups)
+    finally:
+        for server in servers:
+            os.killpg(server.server.proc.pid, 9)
+            server.server.proc.wait()
