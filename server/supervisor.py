@@ -40,7 +40,7 @@ from mlscore.server.deadlines import Deadlines, Timer
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
 from mlscore.server.worker import (
-    CHUNK, CONTROL, END, FAILED, RSS_HARD_FACTOR, SKIPPED, STREAMED, FrameBuffer, cancel_frame,
+    BATCH_STARTED, CHUNK, CONTROL, END, FAILED, RSS_HARD_FACTOR, SKIPPED, STREAMED, FrameBuffer, cancel_frame,
     read_control_blocking, request_frame, worker_main,
 )
 
@@ -90,6 +90,9 @@ class WorkerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for frame in self._buffer.feed(data):
+            if frame.status == BATCH_STARTED:
+                self._executor._batch_started(self._worker, frame.batch, frame.run_ms / 1000.0)
+                continue
             if frame.status == CONTROL:
                 self._control(frame.body)
                 continue
@@ -121,8 +124,6 @@ class WorkerConnection(asyncio.Protocol):
         message = orjson.loads(body)
         if message.get("log_dropped"):
             logs.worker_dropped(self._worker.pid, message["log_dropped"])
-        if message.get("batch"):
-            self._executor._batch_started(self._worker, message["batch"], message["wait_ms"] / 1000.0)
         if message.get("retire"):
             self._executor._retire(self._worker, message["retire"], message.get("rss_mb", 0))
 

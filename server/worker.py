@@ -14,6 +14,8 @@ ready). The worker answers every request in order: with the pipeline's response,
 SKIPPED frame when the request was cancelled or its start-by time passed before it could begin.
 Before an answer, control frames tell the front how many more log records the worker dropped, and
 once, that the worker is due for replacement (past --worker-max-requests or --worker-max-rss-mb).
+A worker that batches says when a batch of several starts (BATCH_STARTED, before it runs); with no
+batch delay, a batch's answers go out with the next batch's start, in one write.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ REQUEST = struct.Struct("!BIdIII")
 RUN, CANCEL = 0, 1  # request kinds
 RESPONSE = struct.Struct("!HdBHII")
 READ_SIZE = 1 << 20  # the most the worker takes from its socket in one read
-# Status values that are not HTTP statuses: a control message, a body chunk, its end, a request not run.
-CONTROL, CHUNK, END, SKIPPED = 0, 1, 2, 3
+# Status values that are not HTTP statuses: a control message, a body chunk, its end, a request not
+# run, and a batch's start (the requests field: how many; run ms: how long it waited to fill).
+CONTROL, CHUNK, END, SKIPPED, BATCH_STARTED = 0, 1, 2, 3, 4
 FAILED, STREAMED = 1, 2  # flag bits: run() failed; the body follows as CHUNK frames and an END frame
 logger = logging.getLogger("mlscore.worker")
 
@@ -100,6 +103,10 @@ def send_response(sock: socket.socket, response: RawResponse) -> None:
         logger.exception("the streamed body of run()'s response raised")
         end_flags = FAILED
     sock.sendall(RESPONSE.pack(END, math.nan, end_flags, 1, 0, 0))
+
+
+def batch_started_frame(size: int, waited_ms: float) -> bytes:
+    return RESPONSE.pack(BATCH_STARTED, waited_ms, 0, size, 0, 0)
 
 
 def control_frame(message: dict[str, Any]) -> bytes:
@@ -291,12 +298,13 @@ class RequestReader:
 
 
 def take_batch(reader: RequestReader, batch: list[RawRequest], size: int, delay: float, sequence: int,
-               start_by: float, sock: socket.socket) -> int:
+               start_by: float, outbox: list[bytes]) -> int:
     """Add to `batch` the runnable requests that follow it, up to `size`, waiting up to `delay`
     seconds for more to arrive (never past a request's start-by time: its queue deadline holds until
     its batch starts); a request that may not run ends the batch (it is answered after it, in
-    order). With more than one, or after a wait, tell the front the batch started (its requests'
-    queue deadlines no longer hold) and how long it waited. The sequence number of its last request."""
+    order). With more than one, or after a wait, a frame for the front joins `outbox`, which goes
+    out before the batch runs: the batch started (its requests' queue deadlines no longer hold),
+    and how long it waited. The sequence number of its last request."""
     started = time.monotonic()
     deadline = started + delay
     while len(batch) < size:
@@ -317,7 +325,7 @@ def take_batch(reader: RequestReader, batch: list[RawRequest], size: int, delay:
         batch.append(request)
     waited = time.monotonic() - started if delay else 0.0
     if len(batch) > 1 or waited:
-        sock.sendall(control_frame({"batch": len(batch), "wait_ms": waited * 1000.0}))
+        outbox.append(batch_started_frame(len(batch), waited * 1000.0))
     return sequence
 
 
@@ -349,23 +357,32 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
     batch_size = settings.max_batch_size if pipeline.batches else 1
     sock.sendall(control_frame({"ready": True, "pid": os.getpid(), "warm_up_error": warm_up_error,
                                 "rss_after_init_mb": recycling.rss_after_init >> 20, "batch": batch_size}))
+    batch_delay = settings.max_batch_delay_ms / 1000.0
+    # Frames written together at the next write: a batch's answers wait there, with no batch delay,
+    # until the next batch is taken (a few µs), to go out in one write with its start.
+    outbox: list[bytes] = []
     reader = RequestReader(sock)
     reported_drops = 0
     while not reader.closed:
-        # Block only with nothing to run; otherwise pick up what arrived (a cancel, above all).
-        reader.read(block=not reader.pending)
-        if not reader.pending:
+        if not reader.pending:  # nothing to run: what waits goes out, then the worker waits
+            if outbox:
+                sock.sendall(b"".join(outbox))
+                outbox.clear()
+            reader.read(block=True)
             continue
+        reader.read(block=False)  # pick up what arrived meanwhile (a cancel, above all)
         if not reader.runnable():
             sequence, _, _ = reader.pending.popleft()
             reader.cancelled.discard(sequence)
-            sock.sendall(SKIPPED_FRAME)
+            outbox.append(SKIPPED_FRAME)
         else:
             sequence, start_by, request = reader.pending.popleft()
             batch = [request]
             if batch_size > 1:
-                sequence = take_batch(reader, batch, batch_size, settings.max_batch_delay_ms / 1000.0, sequence,
-                                      start_by, sock)
+                sequence = take_batch(reader, batch, batch_size, batch_delay, sequence, start_by, outbox)
+            if outbox:
+                sock.sendall(b"".join(outbox))
+                outbox.clear()
             responses = [pipeline.handle(request)] if len(batch) == 1 else pipeline.handle_batch(batch)
             # Before the answers, so that the front has counted them when the clients hear back, and
             # has started a replacement before it sends this worker anything more.
@@ -373,7 +390,9 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
             due = recycling.due()
             if due:
                 sock.sendall(control_frame({"retire": due, "rss_mb": rss_bytes() >> 20}))
-            if len(responses) > 1 and all(isinstance(response.body, bytes) for response in responses):
+            if batch_size > 1 and not batch_delay and all(isinstance(response.body, bytes) for response in responses):
+                outbox.extend(response_frame(response) for response in responses)
+            elif len(responses) > 1 and all(isinstance(response.body, bytes) for response in responses):
                 sock.sendall(b"".join(response_frame(response) for response in responses))  # one write
             else:
                 for response in responses:
