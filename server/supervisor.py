@@ -255,7 +255,10 @@ class ProcessExecutor:
 
     @property
     def ready(self) -> bool:
-        return any(worker.connection is not None and not worker.retired for worker in self._workers)
+        for worker in self._workers:  # asked for every request: a loop, not any() over a generator
+            if worker.connection is not None and not (worker.replaced or worker.stopped):
+                return True
+        return False
 
     @property
     def not_ready_reason(self) -> str:
@@ -302,16 +305,21 @@ class ProcessExecutor:
         """Top up the requests held ready in a worker that is running one, once half of them have gone
         (so that a few go out in one write; a worker that batches, at once); True if any was added."""
         connection = worker.connection
-        if connection is None or worker.retired or not connection.calls or connection.calls[0].slot is None:
+        if connection is None:
             return False
+        calls = connection.calls
+        if not calls or calls[0].slot is None or worker.replaced or worker.stopped:
+            return False
+        if worker.batch == 1 and len(calls) > (1 + MAX_HELD_READY) // 2:
+            return False  # more than half of the most it would hold: no top-up, whatever the depth
         hold = self._admission.hold_seconds
-        depth = 1 + min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold) if hold > 0 else MAX_HELD_READY)
+        depth = 1 + (min(MAX_HELD_READY, int(HOLD_READY_SECONDS / hold)) if hold > 0 else MAX_HELD_READY)
         if worker.batch > 1:
             # A worker that batches finds a whole batch in its socket when it is done with the one it
             # runs (of up to as many), or while it waits for one to fill: each request that joins
             # the queue joins it there.
             depth = max(depth, 2 * worker.batch)
-        elif len(connection.calls) > max(1, depth // 2):
+        elif len(calls) > max(1, depth // 2):
             return False
         added = False
         while len(connection.calls) < depth:
@@ -384,7 +392,7 @@ class ProcessExecutor:
             self._run_timer(held)
             self._hold_ready(worker)
             return
-        if worker.retired:
+        if worker.replaced or worker.stopped:  # retired
             slot.release()
             if worker.replaced:  # it is done once its last request is
                 connection.close()
