@@ -18,6 +18,10 @@ from collections import deque
 from typing import Any, Callable, Protocol
 
 
+# Cancelled deadlines kept behind a live head before the FIFO is compacted, beyond twice the live ones.
+COMPACT_SLACK = 256
+
+
 class Timer(Protocol):
     """What a deadline's holder may do with it: what asyncio's TimerHandle offers, and all it needs."""
 
@@ -44,7 +48,7 @@ class Deadline:
         if not self.done:
             self.done = True
             self._args = ()  # its holder is among them, and holds it: no cycle for the garbage collector
-            self._queue._trim()
+            self._queue._cancelled()
 
 
 class Deadlines:
@@ -53,6 +57,7 @@ class Deadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._pending: deque[Deadline] = deque()
+        self._live = 0  # of those, the ones neither cancelled nor called
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -67,6 +72,7 @@ class Deadlines:
             return self.loop.call_at(when, callback, *args)
         deadline = Deadline(when, callback, args, self)
         pending.append(deadline)
+        self._live += 1
         if len(pending) == 1:
             # The new head. The timer may still be armed for a deadline since cancelled: when that
             # is earlier it fires, then arms itself for this one; when later (one set with a longer
@@ -79,23 +85,30 @@ class Deadlines:
                 self._timer = self.loop.call_at(when, self._passed)
         return deadline
 
-    def _trim(self) -> None:
+    def _cancelled(self) -> None:
+        """One was cancelled: those at the head leave. Cancelled ones behind a head that stays (one
+        worker in a long run() while another answers thousands) are dropped once they outnumber
+        the live ones, so the FIFO holds at most about twice the deadlines in flight."""
+        self._live -= 1
         pending = self._pending
         while pending and pending[0].done:
             pending.popleft()
+        if len(pending) > 2 * self._live + COMPACT_SLACK:
+            self._pending = deque(deadline for deadline in pending if not deadline.done)
 
     def _passed(self) -> None:
         self._timer = None
-        pending = self._pending
         now = self.loop.time()
-        while pending and (pending[0].done or pending[0]._when <= now):
-            deadline = pending.popleft()
+        # self._pending each time round: a callback that cancels may have compacted it.
+        while self._pending and (self._pending[0].done or self._pending[0]._when <= now):
+            deadline = self._pending.popleft()
             if not deadline.done:
                 deadline.done = True
+                self._live -= 1
                 args, deadline._args = deadline._args, ()
                 deadline._callback(*args)
-        if pending and self._timer is None:
-            self._timer = self.loop.call_at(pending[0]._when, self._passed)
+        if self._pending and self._timer is None:
+            self._timer = self.loop.call_at(self._pending[0]._when, self._passed)
 
     def close(self) -> None:
         """Cancel the loop timer (the deadlines still set are never called)."""

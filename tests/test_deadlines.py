@@ -207,3 +207,26 @@ def test_a_shorter_deadline_after_a_cancelled_longer_one_passes_on_time() -> Non
     assert fired == ["short"]
     loop.advance(30)
     assert fired == ["short"]
+
+
+def test_cancelled_deadlines_behind_a_head_that_stays_do_not_pile_up() -> None:
+    """One worker in a long run() (its scoring deadline at the head) while another answers thousands:
+    their cancelled deadlines must not stay until the head's passes."""
+    loop, deadlines, fired = make()
+    deadlines.call_later(60.0, fired.append, "long run")
+    for _ in range(100_000):
+        deadlines.call_later(60.0, fired.append, "quick").cancel()
+        loop.advance(0.0001)
+    assert len(deadlines) <= 2 * 1 + 256 + 1
+    loop.advance(60.0)
+    assert fired == ["long run"]
+
+
+def test_a_cancel_from_a_callback_that_compacts_the_fifo_loses_nothing() -> None:
+    loop, deadlines, fired = make()
+    later: list[Any] = []
+    deadlines.call_later(1.0, lambda: (fired.append("first"), [handle.cancel() for handle in later[:900]]))
+    later.extend(deadlines.call_later(1.0, fired.append, i) for i in range(1000))
+    loop.advance(1.0)  # the first cancels 900 of those due with it: the FIFO is compacted mid-pass
+    assert fired == ["first", *range(900, 1000)]
+    assert len(deadlines) == 0
