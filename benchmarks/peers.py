@@ -35,7 +35,9 @@ Reported per (model, server, c): successful (2xx) req/s as the median over the r
 [min–max] and spread, p50/p99, server CPU ms per request, errors, and req/s over the best peer
 variant's paired round by round; then the targets of issue 17 as PASS/FAIL lines.
 ``--write-results`` appends a dated section to ``benchmarks/RESULTS.md`` and writes the chart
-``benchmarks/peers.png`` (else the chart goes to ``benchmarks/.work/peers/``).
+``benchmarks/peers.png`` (else the chart goes to ``benchmarks/.work/peers/``); a run of part of
+the matrix names its chart after the part (``peers-small-mlscore-c1.png``), leaving the whole
+matrix's alone.
 
     .venv/bin/python benchmarks/peers.py --write-results           # the full matrix, about 21 minutes
     .venv/bin/python benchmarks/peers.py --rounds 1 --duration 3   # a quick look, about 8 minutes
@@ -935,8 +937,13 @@ def main(argv: list[str] | None = None) -> int:
         if any(r.model == model for r in rows):
             print(f"\n{MODELS[model].describe()}\n\n{results_table(rows, model)}")
     print("\nTargets:\n" + "\n".join(v.line() for v in verdicts(rows)))
-    chart_dir = BENCH if args.write_results else PEERS_WORK
-    chart = chart_dir / CHART_PNG
+    # The repository's chart is the whole matrix's: a part of it (a model, a framework, some
+    # concurrencies) gets a chart named after what it covers, beside it.
+    whole = (set(args.models) == set(MODELS) and set(args.servers) == set(FRAMEWORKS)
+             and sorted(args.concurrency) == [1, 8, 64])
+    name = CHART_PNG if whole else (f"peers-{'-'.join(args.models)}-{'-'.join(args.servers)}-"
+                                    f"c{'-'.join(map(str, args.concurrency))}.png")
+    chart = (BENCH if args.write_results else PEERS_WORK) / name
     plot(rows, chart)
     print(f"\nchart: {chart}")
     if args.write_results:
