@@ -51,19 +51,7 @@ def old_tree(revision: str) -> Path:
 
 
 def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+    return http_bench.proc_table().get(pid, (0, 0))[1]
 
 
 def main() -> int:
@@ -115,7 +103,7 @@ def main() -> int:
             for _ in range(args.rounds):
                 for name, server in servers.items():
                     front = server.proc.pid
-                    workers = children(front)
+                    workers = http_bench.child_pids(front)
                     before = [cpu_ticks(front), sum(cpu_ticks(pid) for pid in workers)]
                     output = http_bench.run_wrk(wrk, server.spec.port, concurrency, args.duration, 1, lua)
                     after = [cpu_ticks(front), sum(cpu_ticks(pid) for pid in workers)]

@@ -414,6 +414,23 @@ def stop_servers(servers: list[Server]) -> None:
         server.proc.wait()
 
 
+def proc_table() -> dict[int, tuple[int, int]]:
+    """Every process now: pid -> (parent pid, user + system CPU ticks), from /proc."""
+    table: dict[int, tuple[int, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state ppid ... utime(11) stime(12)
+            table[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, now."""
+    return [child for child, (parent, _) in proc_table().items() if parent == pid]
+
+
 def signal_group(server: Server, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.proc.pid, sig)

@@ -559,22 +559,13 @@ def idle_share(server: Server, window_s: float = 2.0) -> float:
 
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of `root` and all its descendants alive now."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])  # after "(comm)": state ppid ... utime(11) stime(12)
-        ticks[pid] = int(fields[11]) + int(fields[12])
+    table = http_bench.proc_table()
     tree, frontier = {root}, [root]
     while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        children = [pid for pid, (parent, _) in table.items() if parent in frontier and pid not in tree]
         tree.update(children)
         frontier = children
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    return sum(table[pid][1] for pid in tree if pid in table) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_cell(wrk: str, running: Running, concurrency: int, args: argparse.Namespace) -> tuple[Cell, str]:

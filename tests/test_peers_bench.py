@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -130,17 +129,6 @@ def _wait_for(condition) -> None:
         time.sleep(0.01)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 def test_the_servers_not_measured_are_paused_during_a_cell_and_resumed_after():
     def idle_server() -> SimpleNamespace:  # a parent and a child, as a server and its worker
         proc = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
@@ -151,10 +139,10 @@ def test_the_servers_not_measured_are_paused_during_a_cell_and_resumed_after():
     servers = [idle_server() for _ in range(3)]
     try:
         deadline = time.monotonic() + 30
-        while any(not _children(s.server.proc.pid) for s in servers):  # each has its child
+        while any(not peers.http_bench.child_pids(s.server.proc.pid) for s in servers):  # each has its child
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        groups = [[s.server.proc.pid, *_children(s.server.proc.pid)] for s in servers]
+        groups = [[s.server.proc.pid, *peers.http_bench.child_pids(s.server.proc.pid)] for s in servers]
         with pytest.raises(RuntimeError), peers.others_paused(servers[0], servers, pause=True):
             assert [_state(pid) for pid in groups[0]] != ["T", "T"]
             for group in groups[1:]:

@@ -151,6 +151,7 @@ class Clock:
     def __init__(self) -> None:
         self.now = 0.0
         self.timers: list[_Timer] = []
+        self.made = 0  # timers armed, ever
 
     def time(self) -> float:
         return self.now
@@ -158,6 +159,7 @@ class Clock:
     def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> _Timer:
         timer = _Timer(self.now + delay, lambda: callback(*args))
         self.timers.append(timer)
+        self.made += 1
         return timer
 
     def armed(self) -> list[_Timer]:
@@ -277,13 +279,19 @@ def answer(handler: Handler) -> None:
     handler.requests.pop(0).respond(BytesResponse(200, [(b"content-type", b"application/json")], b"{}"))
 
 
+def closes_after_keep_alive(clock: Clock, transport: Transport) -> bool:
+    """Still open just before the keep-alive timeout from now, closed just after it."""
+    clock.advance(KEEP_ALIVE - 0.01)
+    if transport.closed:
+        return False
+    clock.advance(0.02)
+    return transport.closed
+
+
 def test_a_connection_that_sends_nothing_closes_at_the_keep_alive_timeout():
     clock, handler = Clock(), Handler()
     _, transport = connection(clock, handler, KEEP_ALIVE)
-    clock.advance(KEEP_ALIVE - 0.01)
-    assert not transport.closed
-    clock.advance(0.02)
-    assert transport.closed
+    assert closes_after_keep_alive(clock, transport)
 
 
 def test_an_idle_connection_closes_at_the_keep_alive_timeout_after_its_last_answer():
@@ -294,13 +302,20 @@ def test_an_idle_connection_closes_at_the_keep_alive_timeout_after_its_last_answ
         made.data_received(KEPT_ALIVE)
         clock.advance(0.5)
         answer(handler)
-    last_answer = clock.now
-    assert transport.written.count(b"HTTP/1.1 200 ") == 3 and not transport.closed
-    clock.advance(KEEP_ALIVE - 0.01)
-    assert not transport.closed
-    clock.advance(0.02)
-    assert transport.closed and clock.now - last_answer < KEEP_ALIVE + 0.02
-    assert len(clock.timers) <= 3, "the idle timer is re-armed when it fires early, not per request"
+    assert transport.written.count(b"HTTP/1.1 200 ") == 3
+    assert closes_after_keep_alive(clock, transport)
+
+
+def test_quick_requests_arm_the_idle_timer_about_once_per_timeout_not_once_per_request():
+    clock, handler = Clock(), Handler()
+    made, transport = connection(clock, handler, KEEP_ALIVE)
+    for _ in range(300):  # 3 s of requests, 10 ms apart, each answered at once
+        clock.advance(0.01)
+        made.data_received(KEPT_ALIVE)
+        answer(handler)
+    assert transport.written.count(b"HTTP/1.1 200 ") == 300
+    assert clock.made <= 3, f"{clock.made} timers armed for 300 requests"
+    assert closes_after_keep_alive(clock, transport)
 
 
 def test_a_request_in_flight_longer_than_the_keep_alive_timeout_keeps_its_connection():
@@ -311,10 +326,7 @@ def test_a_request_in_flight_longer_than_the_keep_alive_timeout_keeps_its_connec
     assert not transport.closed
     answer(handler)
     assert transport.written.startswith(b"HTTP/1.1 200 ")
-    clock.advance(KEEP_ALIVE - 0.01)
-    assert not transport.closed
-    clock.advance(0.02)
-    assert transport.closed
+    assert closes_after_keep_alive(clock, transport)
 
 
 def test_a_closed_connection_leaves_no_idle_timer_armed():
