@@ -505,6 +505,8 @@ def missing_internals() -> tuple[str, ...]:
     missing += [f"RequestResponseCycle({name}=)" for name in _CYCLE_ARGUMENTS if name not in cycle]
     if not isinstance(STATUS_LINE, dict) or 200 not in STATUS_LINE:
         missing.append("STATUS_LINE")
+    if not hasattr(ServerState(), "total_requests"):  # counted by on_response_complete, as uvicorn's does
+        missing.append("ServerState().total_requests")
     loop = asyncio.new_event_loop()
     try:
         config = uvicorn.Config(_no_app, lifespan="off", log_config=None)

@@ -150,14 +150,6 @@ def test_a_cancel_from_a_callback_of_the_same_pass_holds() -> None:
     assert fired == ["a"]
 
 
-def test_close_stops_the_timer() -> None:
-    loop, deadlines, fired = make()
-    deadlines.call_later(1.0, fired.append, "x")
-    deadlines.close()
-    loop.advance(5)
-    assert fired == []
-
-
 def test_on_a_real_loop() -> None:
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()

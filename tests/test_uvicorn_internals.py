@@ -54,3 +54,19 @@ def test_a_server_on_a_uvicorn_without_those_internals_scores_through_asgi(tmp_p
         assert "serving with uvicorn's plain httptools protocol" in server.log()
     finally:
         assert server.stop() == 0
+
+
+def test_a_uvicorn_without_the_request_count_is_named(monkeypatch):
+    """on_response_complete is ours now (the lazy keep-alive timer) and counts requests as uvicorn's does."""
+
+    class Bare:
+        pass
+
+    protocol.missing_internals.cache_clear()
+    monkeypatch.setattr(protocol, "ServerState", Bare)
+    try:
+        assert "ServerState().total_requests" in protocol.missing_internals()
+    finally:
+        monkeypatch.undo()
+        protocol.missing_internals.cache_clear()
+    assert protocol.missing_internals() == ()
