@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, Callable
 
 from mlscore.scoring.messages import RawRequest
-from mlscore.server.deadlines import Deadlines, Timer
+from mlscore.server.deadlines import Deadlines, Timer, on_loop
 
 
 class Rejected:
@@ -131,9 +131,7 @@ class AdmissionQueue:
         if self.queued >= self.max_queue_size:
             return Rejected("queue_full", f"Queue full: {self.max_queue_size} requests are already waiting "
                             "for a scoring slot.", self.retry_after())
-        deadlines = self._deadlines
-        if deadlines is None or deadlines.loop is not ticket.loop:
-            deadlines = self._deadlines = Deadlines(ticket.loop)
+        self._deadlines = deadlines = on_loop(self._deadlines, ticket.loop)
         ticket.timer = deadlines.call_later(wait, self._expire, ticket, round(wait * 1000))
         self._waiters.append(ticket)
         if self._waiting_hook is not None:

@@ -109,3 +109,8 @@ class Deadlines:
                 deadline._callback(*args)
         if self._pending and self._timer is None:
             self._timer = self.loop.call_at(self._pending[0]._when, self._passed)
+
+
+def on_loop(deadlines: Deadlines | None, loop: asyncio.AbstractEventLoop) -> Deadlines:
+    """`deadlines` when they are `loop`'s, else new ones for it (for a holder that outlives a loop, as in tests)."""
+    return deadlines if deadlines is not None and deadlines.loop is loop else Deadlines(loop)

@@ -21,6 +21,7 @@ from typing import Callable
 from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import Scorer, error_response
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
+from mlscore.server.deadlines import Deadlines, Timer, on_loop
 from mlscore.server.errors import INTERNAL_ERROR
 
 logger = logging.getLogger("mlscore.server")
@@ -94,6 +95,7 @@ class ThreadExecutor:
         self._scoring_timeout = scoring_timeout_ms / 1000.0
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="mlscore-run")
         self._stuck = 0
+        self._deadlines: Deadlines | None = None  # the scoring timeouts
         self.batcher = batcher  # None: one request per call
 
     @property
@@ -121,7 +123,8 @@ class ThreadExecutor:
         answer = ticket.answer
         timeout = ticket.run_timeout(self._scoring_timeout)
         future = loop.run_in_executor(self._pool, self._pipeline.handle, ticket.request)
-        timer = loop.call_later(timeout, self._time_out, future, answer, round(timeout * 1000))
+        self._deadlines = on_loop(self._deadlines, loop)
+        timer = self._deadlines.call_later(timeout, self._time_out, future, answer, round(timeout * 1000))
         future.add_done_callback(lambda done: _finished(done, slot, timer, answer))
         if self.batcher is not None:
             future.add_done_callback(lambda done: self._count(done, lambda response: [response]))
@@ -139,7 +142,8 @@ class ThreadExecutor:
         timeout = min(ticket.run_timeout(self._scoring_timeout) for ticket in tickets)
         future = loop.run_in_executor(self._pool, self._pipeline.handle_batch, [ticket.request for ticket in tickets])
         answers = [ticket.answer for ticket in tickets]
-        timer = loop.call_later(timeout, self._time_out_batch, future, answers, round(timeout * 1000))
+        self._deadlines = on_loop(self._deadlines, loop)
+        timer = self._deadlines.call_later(timeout, self._time_out_batch, future, answers, round(timeout * 1000))
 
         def finished(done: asyncio.Future[list[RawResponse]]) -> None:
             slot.release()
@@ -215,7 +219,7 @@ class InlineExecutor:
         """Nothing to stop."""
 
 
-def _finished(done: asyncio.Future[RawResponse], slot: Slot, timer: asyncio.TimerHandle,
+def _finished(done: asyncio.Future[RawResponse], slot: Slot, timer: Timer,
               answer: asyncio.Future[RawResponse]) -> None:
     slot.release()
     timer.cancel()

@@ -36,7 +36,7 @@ from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import error_response
 from mlscore.server import logs
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket, queue_timeout
-from mlscore.server.deadlines import Deadlines, Timer
+from mlscore.server.deadlines import Deadlines, Timer, on_loop
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
 from mlscore.server.worker import (
@@ -290,9 +290,7 @@ class ProcessExecutor:
 
     def _run_timer(self, call: Call) -> None:
         timeout = call.ticket.run_timeout(self._scoring_timeout)
-        deadlines = self._deadlines
-        if deadlines is None or deadlines.loop is not call.ticket.loop:
-            deadlines = self._deadlines = Deadlines(call.ticket.loop)
+        self._deadlines = deadlines = on_loop(self._deadlines, call.ticket.loop)
         call.timer = deadlines.call_later(timeout, self._timed_out, call, round(timeout * 1000))
 
     def _queue_grew(self) -> None:

@@ -9,7 +9,7 @@ import gc
 import weakref
 from typing import Any, Callable
 
-from mlscore.server.deadlines import Deadlines
+from mlscore.server.deadlines import Deadlines, on_loop
 
 
 class FakeTimer:
@@ -222,3 +222,11 @@ def test_a_cancel_from_a_callback_that_compacts_the_fifo_loses_nothing() -> None
     loop.advance(1.0)  # the first cancels 900 of those due with it: the FIFO is compacted mid-pass
     assert fired == ["first", *range(900, 1000)]
     assert len(deadlines) == 0
+
+
+def test_on_loop_keeps_a_loops_deadlines_and_makes_new_ones_for_another() -> None:
+    first, second = FakeLoop(), FakeLoop()
+    kept = on_loop(None, first)  # type: ignore[arg-type]
+    assert on_loop(kept, first) is kept  # type: ignore[arg-type]
+    other = on_loop(kept, second)  # type: ignore[arg-type]
+    assert other is not kept and other.loop is second
