@@ -45,6 +45,10 @@ REQUEST = struct.Struct("!BIdIII")
 RUN, CANCEL = 0, 1  # request kinds
 RESPONSE = struct.Struct("!HdBHII")
 READ_SIZE = 1 << 20  # the most the worker takes from its socket in one read
+# A batch stops waiting for more requests this long before a member's start-by time: its start must
+# reach the front before the front's timer answers that member 503 at its queue deadline, and on a
+# loaded machine the worker's wake-up and the front's turn take more than start-by's own 1 ms margin.
+BATCH_WAIT_MARGIN = 0.05
 # Status values that are not HTTP statuses: a control message, a body chunk, its end, a request not
 # run, and a batch's start (the requests field: how many; run ms: how long it waited to fill).
 CONTROL, CHUNK, END, SKIPPED, BATCH_STARTED = 0, 1, 2, 3, 4
@@ -300,9 +304,9 @@ class RequestReader:
 def take_batch(reader: RequestReader, batch: list[RawRequest], size: int, delay: float, sequence: int,
                start_by: float, outbox: list[bytes]) -> int:
     """Add to `batch` the runnable requests that follow it, up to `size`, waiting up to `delay`
-    seconds for more to arrive (never past a request's start-by time: its queue deadline holds until
-    its batch starts); a request that may not run ends the batch (it is answered after it, in
-    order). With more than one, or after a wait, a frame for the front joins `outbox`, which goes
+    seconds for more to arrive (never within BATCH_WAIT_MARGIN of a request's start-by time: its
+    queue deadline holds until its batch starts); a request that may not run ends the batch (it is
+    answered after it, in order). With more than one, or after a wait, a frame for the front joins `outbox`, which goes
     out before the batch runs: the batch started (its requests' queue deadlines no longer hold),
     and how long it waited. The sequence number of its last request."""
     started = time.monotonic()
@@ -312,7 +316,7 @@ def take_batch(reader: RequestReader, batch: list[RawRequest], size: int, delay:
             # No longer than the delay, nor past the start-by time of a request in the batch.
             left = deadline - time.monotonic()
             if start_by:
-                left = min(left, start_by - time.time())
+                left = min(left, start_by - BATCH_WAIT_MARGIN - time.time())
             if left <= 0 or reader.closed:
                 break
             reader.wait(left)

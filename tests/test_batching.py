@@ -5,6 +5,7 @@ and Server-Timing say how many shared a call."""
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mlscore.deploy.configs import ConfigError, load_deployment_config, to_setti
 from mlscore.scoring.messages import RawRequest
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.server.settings import Settings, SettingsError
+from mlscore.server.worker import BATCH_STARTED, BATCH_WAIT_MARGIN, RESPONSE, RequestReader, take_batch
 from test_onnx_serving import build_mlp, reference
 
 
@@ -220,3 +222,25 @@ def test_every_request_of_a_batch_shares_its_timeout_or_its_worker_death(tmp_pat
         assert [answer.status_code for answer in again] == [200, 200]
     finally:
         server.stop()
+
+
+def test_a_batch_stops_waiting_for_more_well_before_a_members_queue_deadline():
+    """The worker's batch start must reach the front before the front's timer answers a member 503 at
+    its queue deadline: waiting for more ends BATCH_WAIT_MARGIN before the member's start-by time,
+    not at it (on a loaded machine 1 ms was too little)."""
+    front, back = socket.socketpair()
+    try:
+        reader = RequestReader(back)
+        waits: list[float] = []
+        reader.wait = waits.append  # type: ignore[method-assign]  # nothing more arrives
+        request = RawRequest("POST", "/score", body=b"{}")
+        outbox: list[bytes] = []
+        take_batch(reader, [request, request], 8, 1.0, 2, time.time() + BATCH_WAIT_MARGIN * 0.6, outbox)
+        assert waits == [], "a member within the margin of its start-by time: the batch starts at once"
+        status, _, _, size, _, _ = RESPONSE.unpack(outbox[0])
+        assert len(outbox) == 1 and (status, size) == (BATCH_STARTED, 2)
+        take_batch(reader, [request, request], 8, 1.0, 2, time.time() + BATCH_WAIT_MARGIN + 0.1, [])
+        assert waits and max(waits) <= 0.1 + 0.01, waits  # waits for more until the margin, no longer
+    finally:
+        front.close()
+        back.close()
