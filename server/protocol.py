@@ -396,11 +396,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return self._body_started_at + self.body_timeout + self._body_bytes / self.body_min_rate
 
     def on_response_complete(self) -> None:
-        # What uvicorn's does, but for its keep-alive timer (see _go_idle).
+        # What uvicorn's does, but for its keep-alive timer (see _go_idle: uvicorn's is never armed here).
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self._unset_keepalive_if_required()
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()

@@ -256,7 +256,7 @@ class ProcessExecutor:
     @property
     def ready(self) -> bool:
         for worker in self._workers:  # asked for every request: a loop, not any() over a generator
-            if worker.connection is not None and not (worker.replaced or worker.stopped):
+            if worker.connection is not None and not worker.retired:
                 return True
         return False
 
@@ -306,7 +306,7 @@ class ProcessExecutor:
         if connection is None:
             return False
         calls = connection.calls
-        if not calls or calls[0].slot is None or worker.replaced or worker.stopped:
+        if not calls or calls[0].slot is None or worker.retired:
             return False
         if worker.batch == 1 and len(calls) > (1 + MAX_HELD_READY) // 2:
             return False  # more than half of the most it would hold: no top-up, whatever the depth
@@ -390,7 +390,7 @@ class ProcessExecutor:
             self._run_timer(held)
             self._hold_ready(worker)
             return
-        if worker.replaced or worker.stopped:  # retired
+        if worker.retired:
             slot.release()
             if worker.replaced:  # it is done once its last request is
                 connection.close()

@@ -394,9 +394,10 @@ def worker_main(settings: Any, sock: socket.socket) -> None:
             due = recycling.due()
             if due:
                 sock.sendall(control_frame({"retire": due, "rss_mb": rss_bytes() >> 20}))
-            if batch_size > 1 and not batch_delay and all(isinstance(response.body, bytes) for response in responses):
+            whole = all(isinstance(response.body, bytes) for response in responses)  # none streamed
+            if whole and batch_size > 1 and not batch_delay:
                 outbox.extend(response_frame(response) for response in responses)
-            elif len(responses) > 1 and all(isinstance(response.body, bytes) for response in responses):
+            elif whole and len(responses) > 1:
                 sock.sendall(b"".join(response_frame(response) for response in responses))  # one write
             else:
                 for response in responses:
