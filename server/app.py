@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlscore.scoring.swagger import SwaggerDocuments
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket
+from mlscore.server.busy_poll import BusyPoll
 from mlscore.scoring.onnx_model import OnnxPipeline
 from mlscore.server.data_collection import DataCollector
 from mlscore.server.errors import INTERNAL_ERROR, http_exception, json_error, unhandled_exception, v2_error_body
@@ -66,6 +67,7 @@ class ServerState:
     not_ready_reason: str = "starting"
     model: OnnxPipeline | None = None  # the model served without a script (--model), for the V2 routes
     collector: DataCollector | None = None  # model data collection (--collect-data)
+    busy_poll: BusyPoll = field(default_factory=BusyPoll)  # the front's reads keep it going, once started
 
 
 def _health_routes(routes: Routes) -> list[Route]:

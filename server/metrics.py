@@ -129,9 +129,9 @@ class _Counts:
 
 
 class _Tallies:
-    """Counters their owners keep as plain integers, off the hot path's locks, read when scraped: data
-    collection's written and dropped records, worker replacements, and log records dropped because the
-    log writer fell behind."""
+    """Counters their owners keep as plain numbers, off the hot path's locks, read when scraped: data
+    collection's written and dropped records, worker replacements, the front's busy polling, and log
+    records dropped because the log writer fell behind."""
 
     def __init__(self, state: "ServerState") -> None:
         self._state = state
@@ -152,5 +152,7 @@ class _Tallies:
         for reason in RESTART_REASONS:
             restarts.add_metric([reason], counts.get(reason, 0))
         yield restarts
+        yield CounterMetricFamily("mlscore_busy_poll_seconds", "Time the front's event loop spent polling for its "
+                                  "next read instead of sleeping (--busy-poll-us).", value=self._state.busy_poll.spent)
         yield CounterMetricFamily("mlscore_log_records_dropped", "Log records dropped because the log writer fell "
                                   "behind (the front's and its workers').", value=logs.dropped())

@@ -35,6 +35,7 @@ from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from mlscore.server.busy_poll import BusyPoll
 from mlscore.server.request_ids import pick_headers
 from mlscore.server.settings import Settings
 
@@ -123,6 +124,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_connections = 10_000
     health_paths: frozenset[bytes] = frozenset()  # answered to GET and HEAD past max_connections too
     direct_handler: DirectHandler | None = None
+    busy_poll = BusyPoll()  # the server's (see busy_poll.py); this one is never started
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -176,6 +178,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self.busy_poll.woke()
         self._idle_until = None
         self._read_bytes = len(data)
         self._read_at_start = not (self._in_head or self._in_body)
@@ -458,10 +461,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def protocol_class(settings: Settings, max_connections: int, health_paths: Iterable[str],
-                   direct_handler: DirectHandler | None = None) -> type[GuardedHttpToolsProtocol] | str:
+                   direct_handler: DirectHandler | None = None, busy_poll: BusyPoll | None = None
+                   ) -> type[GuardedHttpToolsProtocol] | str:
     """The protocol class for uvicorn's `http` setting, holding one listener's limits: the settings'
     header and body limits, its bound on connections and the paths answered past it (and the
-    handler of the scoring POSTs, when they are answered without ASGI). When this uvicorn lacks the
+    handler of the scoring POSTs, when they are answered without ASGI, and the busy polling its reads
+    keep going). When this uvicorn lacks the
     internals the class builds on, uvicorn's own "httptools" protocol instead: every request through
     ASGI, bodies bounded by the routes, connections by uvicorn's limit_concurrency (health routes
     included), and no header or body time limits (see `fallback_limits`)."""
@@ -475,6 +480,8 @@ def protocol_class(settings: Settings, max_connections: int, health_paths: Itera
               "body_timeout": settings.body_timeout, "body_min_rate": settings.body_min_rate,
               "max_connections": max_connections, "health_paths": frozenset(path.encode() for path in health_paths),
               "direct_handler": direct_handler}
+    if busy_poll is not None:
+        limits["busy_poll"] = busy_poll
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)
 
 

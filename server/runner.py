@@ -231,6 +231,9 @@ def launch_executor(state: ServerState, pipeline: Pipeline) -> tuple[Executor, s
     return executor, warm_up(pipeline)
 
 
+DEFAULT_BUSY_POLL = 0.001  # seconds
+
+
 def use_executor(state: ServerState, executor: Executor, warm_up_error: str, init_seconds: float) -> None:
     """Put the launched executor in place of the stand-in; readiness follows the warm-up."""
     state.executor = executor
@@ -238,7 +241,21 @@ def use_executor(state: ServerState, executor: Executor, warm_up_error: str, ini
     batcher = executor if isinstance(executor, ProcessExecutor) else getattr(executor, "batcher", None)
     if batcher is not None:
         batcher.on_batch, batcher.on_batch_wait = state.metrics.batched, state.metrics.batch_waited
+    if isinstance(executor, ProcessExecutor):
+        executor.busy_poll = state.busy_poll
+        window = busy_poll_window(state.settings)
+        if window:
+            state.busy_poll.start(asyncio.get_running_loop(), window)
     _report_warm_up(state, warm_up_error)
+
+
+def busy_poll_window(settings: Settings) -> float:
+    """Seconds the front polls after a read (server/busy_poll.py): --busy-poll-us, or by default 1 ms
+    where the front has a core to spare (two usable cores or more; the setting is unset only with
+    the processes executor), else 0: no polling."""
+    if settings.busy_poll_us is not None:
+        return settings.busy_poll_us / 1e6
+    return DEFAULT_BUSY_POLL if settings.executor == "processes" and default_threads() >= 2 else 0.0
 
 
 class NotStarted:
@@ -426,7 +443,7 @@ def serve(started: Started) -> int:
     scoring = app if isinstance(app, ScoreFirst) else getattr(app, "app", None)  # inside CORS middleware
     # httptools with limits on slow and oversized requests, and the scoring POSTs answered without ASGI
     http = protocol_class(settings, settings.max_connections, HEALTH_ROUTES,
-                          scoring if isinstance(scoring, ScoreFirst) else None)
+                          scoring if isinstance(scoring, ScoreFirst) else None, started.state.busy_poll)
     config = uvicorn.Config(
         app,
         loop="uvloop",

@@ -202,6 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_batch_size", "max_batch_size", ("MLSCORE_MAX_BATCH_SIZE",), "maxBatchSize", _integer(1, 1024), 1),
     Setting("max_batch_delay_ms", "max_batch_delay_ms", ("MLSCORE_MAX_BATCH_DELAY_MS",), "maxBatchDelayMs",
             _integer(0, 10_000), 0),
+    Setting("busy_poll_us", "busy_poll_us", ("MLSCORE_BUSY_POLL_US",), None, _integer(0, 1_000_000)),
     Setting("worker_max_rss_mb", "worker_max_rss_mb", ("MLSCORE_WORKER_MAX_RSS_MB",), None, _integer(1, 1 << 30)),
     Setting("worker_max_requests", "worker_max_requests", ("MLSCORE_WORKER_MAX_REQUESTS",), None,
             _integer(1, 1 << 62)),
@@ -266,6 +267,7 @@ class Settings:
     workers: int
     max_batch_size: int  # queued requests one model call may take (1: no batching)
     max_batch_delay_ms: int  # how long a batch may wait to fill (0: it takes what is queued)
+    busy_poll_us: int | None  # how long the front polls after a read (None: 1000 with 2+ cores, else 0)
     worker_max_rss_mb: int | None  # a worker past this resident memory is replaced after its request
     worker_max_requests: int | None  # ... or past this many requests (plus up to the jitter)
     worker_max_requests_jitter: int  # up to this many more requests, at random (default: a tenth of the bound)
@@ -344,6 +346,7 @@ class Settings:
             # As on Azure, each worker scores one request at a time: N workers, N requests in run().
             values["max_concurrent_requests"] = values["workers"]
         _check_recycling(values, sources)
+        _check_busy_poll(values, sources)
         _check_security(values, sources)
         if values["app_root"] is None:
             values["app_root"] = Path.cwd()
@@ -420,6 +423,18 @@ def _check_recycling(values: dict[str, Any], sources: Mapping[str, str]) -> None
                             f"{values['executor']!r} ({sources['executor']}) does not have; use the processes executor")
     if values["worker_max_requests_jitter"] is None:
         values["worker_max_requests_jitter"] = (values["worker_max_requests"] or 0) // 10
+
+
+def _check_busy_poll(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """Busy polling waits for scoring processes' answers: the other executors score on the event
+    loop's own process, where polling would hold the GIL that their scoring needs. With them, the
+    flag is an error and the environment's value is left unused."""
+    if values["executor"] == "processes" or values["busy_poll_us"] is None:
+        return
+    if sources["busy_poll_us"].startswith("--"):
+        raise SettingsError(f"{sources['busy_poll_us']}: polls for scoring processes' answers, which executor "
+                            f"{values['executor']!r} ({sources['executor']}) does not have; use the processes executor")
+    values["busy_poll_us"] = None
 
 
 def _check_security(values: dict[str, Any], sources: Mapping[str, str]) -> None:

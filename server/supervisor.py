@@ -31,11 +31,13 @@ from typing import AsyncIterator, Callable
 
 import orjson
 
+
 from mlscore.scoring.entry_script import EntryScriptError, resolve_script_path
 from mlscore.scoring.messages import RawResponse
 from mlscore.scoring.pipeline import error_response
 from mlscore.server import logs
 from mlscore.server.admission import AdmissionQueue, Slot, Ticket, queue_timeout
+from mlscore.server.busy_poll import BusyPoll
 from mlscore.server.deadlines import Deadlines, Timer, on_loop
 from mlscore.server.executors import timeout_response
 from mlscore.server.settings import Settings
@@ -89,6 +91,7 @@ class WorkerConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()  # kept: each call is a getpid() system call on Python 3.11
 
     def data_received(self, data: bytes) -> None:
+        self._executor.busy_poll.woke()
         for frame in self._buffer.feed(data):
             if frame.status == BATCH_STARTED:
                 self._executor._batch_started(self._worker, frame.batch, frame.run_ms / 1000.0)
@@ -232,6 +235,7 @@ class ProcessExecutor:
         self.on_batch_wait: Callable[[float], None] | None = None  # the seconds each batch waited to fill
         self._warned_rss = False
         self._deadlines: Deadlines | None = None  # the scoring timeouts
+        self.busy_poll = BusyPoll()  # the server's, once it polls (the answers' reads keep it going)
         admission.bind(self.submit, self._queue_grew)
 
     @classmethod
