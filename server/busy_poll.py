@@ -54,7 +54,7 @@ class BusyPoll:
         self._polling = False
         self._allowed = False  # polling goes on this period
         self._last_read = 0.0
-        self._last_event = 0.0  # the last turn that did some work, while polling
+        self._last_read_polled = 0.0  # when the poll last saw a read
         self._last_tick = 0.0
         self._period_start = 0.0
         self._period_cpu = 0.0
@@ -84,20 +84,20 @@ class BusyPoll:
         if self._polling or not self._allowed:
             return
         self._polling = True
-        self._last_event = self._last_tick = now
+        self._last_read_polled = self._last_tick = now
         self._loop.call_soon(self._poll)  # type: ignore[union-attr]  # started
 
     def _poll(self) -> None:
         now = self._clock()
         elapsed = now - self._last_tick
         self._last_tick = now
-        if self._active or elapsed > EMPTY_TURN:  # the turn since the last poll did some work
+        if self._active:  # a read since the last poll: the window starts again
             self._active = False
-            self._last_event = now
-        else:
+            self._last_read_polled = now
+        elif elapsed <= EMPTY_TURN:  # a turn that only polled (a longer one did some work, or was not running)
             self._period_polled += elapsed
             self.spent += elapsed
-        if now - self._last_event > self.window or not self._allowed:
+        if now - self._last_read_polled > self.window or not self._allowed:
             self._polling = False
             return
         self._loop.call_soon(self._poll)  # type: ignore[union-attr]  # started
