@@ -7,7 +7,7 @@ process is cheap on bare metal but not on the virtual machines most servers run 
 is an interrupt to a halted virtual CPU, which the hypervisor must resume. Measured on a 2-core
 cloud VM (AMD EPYC): a ping-pong between two processes took 34 µs a round trip across cores, 11
 µs on one core. With the loop polling through its short gaps, the small MLP of benchmarks/peers.py
-at 8 connections went from about 15.5k to 18.5k requests a second.
+at 8 connections (`--max-batch-size 8`) went from about 15k to 19-20k requests a second.
 
 Polling burns CPU, so it is bounded:
 

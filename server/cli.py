@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--worker-max-requests-jitter", dest="worker_max_requests_jitter", help="spreads the "
                            "replacements of processes started together (default: a tenth of --worker-max-requests)")
     admission.add_argument("--busy-poll-us", dest="busy_poll_us", help="the front's event loop polls this many "
-                           "microseconds after each read before it sleeps, within half of its own CPU time: faster "
-                           "answers on virtual machines, where waking a sleeping process is slow (env "
+                           "microseconds after each read before it sleeps, while it is busy: faster answers on "
+                           "virtual machines, where waking a sleeping process is slow (env "
                            "MLSCORE_BUSY_POLL_US; default 1000 with two usable cores or more, else 0: off)")
     devices = serve.add_argument_group("devices")
     devices.add_argument("--device", help="where accelerators.load() runs models: auto (the GPU when a CUDA "

@@ -466,10 +466,10 @@ def protocol_class(settings: Settings, max_connections: int, health_paths: Itera
     """The protocol class for uvicorn's `http` setting, holding one listener's limits: the settings'
     header and body limits, its bound on connections and the paths answered past it (and the
     handler of the scoring POSTs, when they are answered without ASGI, and the busy polling its reads
-    keep going). When this uvicorn lacks the
-    internals the class builds on, uvicorn's own "httptools" protocol instead: every request through
-    ASGI, bodies bounded by the routes, connections by uvicorn's limit_concurrency (health routes
-    included), and no header or body time limits (see `fallback_limits`)."""
+    keep going). When this uvicorn lacks the internals the class builds on, uvicorn's own
+    "httptools" protocol instead: every request through ASGI, bodies bounded by the routes,
+    connections by uvicorn's limit_concurrency (health routes included), and no header or body
+    time limits (see `fallback_limits`)."""
     missing = missing_internals()
     if missing:
         logger.warning("uvicorn %s lacks what mlscore's HTTP protocol builds on (%s): serving with uvicorn's "
