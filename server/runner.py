@@ -373,7 +373,7 @@ class Server(uvicorn.Server):
             await self._accept(self._launch.sockets)
         gc.freeze()  # see worker_main: what start-up made is left out of later full collections
         readiness = "ready" if state.ready else f"not ready: {state.not_ready_reason}"
-        polling = f", busy polling up to {state.busy_poll.window * 1e6:g} µs" if state.busy_poll.window else ""
+        polling = f", busy polling up to {state.busy_poll.window * 1e6:g} us" if state.busy_poll.window else ""
         logger.info("serving %s on %s (%s; executor %s%s)", state.settings.entry_script or state.settings.model,
                     where, readiness, executor.name, polling)
 

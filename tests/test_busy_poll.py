@@ -236,6 +236,7 @@ def _cpu_seconds(pid: int) -> float:
 def test_a_polling_server_answers_right_and_goes_quiet_when_its_clients_stop(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--model", str(MODEL), "--busy-poll-us", "1000", "--max-batch-size", "8")
     try:
+        server.wait_log("busy polling up to 1000 us")
         body = b'{"input": [[%s]]}' % b", ".join(b"%d" % (pixel % 17) for pixel in range(64))
         with urllib.request.urlopen(urllib.request.Request(server.url + "/score", body, method="POST")) as reply:
             expected = reply.read()
