@@ -251,8 +251,8 @@ def use_executor(state: ServerState, executor: Executor, warm_up_error: str, ini
 
 def busy_poll_window(settings: Settings) -> float:
     """Seconds the front polls after a read (server/busy_poll.py): --busy-poll-us, or by default 1 ms
-    where the front has a core to spare (two usable cores or more; the setting is unset only with
-    the processes executor), else 0: no polling."""
+    with the processes executor where the front has a core to spare (two usable cores or more),
+    else 0: no polling. (With the other executors Settings leaves --busy-poll-us unset.)"""
     if settings.busy_poll_us is not None:
         return settings.busy_poll_us / 1e6
     return DEFAULT_BUSY_POLL if settings.executor == "processes" and default_threads() >= 2 else 0.0
