@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--busy-poll-us", dest="busy_poll_us", help="the front's event loop polls this many "
                            "microseconds after each read before it sleeps, while it is busy: faster answers on "
                            "virtual machines, where waking a sleeping process is slow (env "
-                           "MLSCORE_BUSY_POLL_US; default 1000 with two usable cores or more, else 0: off)")
+                           "MLSCORE_BUSY_POLL_US; default 1000 with more usable cores than scoring processes, else 0: off)")
     devices = serve.add_argument_group("devices")
     devices.add_argument("--device", help="where accelerators.load() runs models: auto (the GPU when a CUDA "
                          "provider works, else the CPU), cpu, gpu or opencl (env MLSCORE_DEVICE; the inference "

@@ -251,11 +251,12 @@ def use_executor(state: ServerState, executor: Executor, warm_up_error: str, ini
 
 def busy_poll_window(settings: Settings) -> float:
     """Seconds the front polls after a read (server/busy_poll.py): --busy-poll-us, or by default 1 ms
-    with the processes executor where the front has a core to spare (two usable cores or more),
-    else 0: no polling. (With the other executors Settings leaves --busy-poll-us unset.)"""
+    with the processes executor where the front has a core to spare (more usable cores than scoring
+    processes), else 0: no polling. (With the other executors Settings leaves --busy-poll-us unset.)"""
     if settings.busy_poll_us is not None:
         return settings.busy_poll_us / 1e6
-    return DEFAULT_BUSY_POLL if settings.executor == "processes" and default_threads() >= 2 else 0.0
+    spare = default_threads() > settings.workers
+    return DEFAULT_BUSY_POLL if settings.executor == "processes" and spare else 0.0
 
 
 class NotStarted:

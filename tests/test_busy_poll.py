@@ -200,13 +200,14 @@ def test_the_fronts_reads_keep_it_polling(monkeypatch: pytest.MonkeyPatch) -> No
     assert reads[0] == 2 * requests
 
 
-@pytest.mark.parametrize("cores, executor, expected", [(2, "processes", 0.001), (16, "processes", 0.001),
-                                                       (1, "processes", 0.0), (4, "threads", 0.0),
-                                                       (4, "inline", 0.0)])
+@pytest.mark.parametrize("cores, workers, executor, expected", [
+    (2, "1", "processes", 0.001), (16, "4", "processes", 0.001), (3, "2", "processes", 0.001),
+    (1, "1", "processes", 0.0), (2, "2", "processes", 0.0), (4, "4", "processes", 0.0),
+    (4, "1", "threads", 0.0), (4, "1", "inline", 0.0)])
 def test_by_default_the_front_polls_only_with_worker_processes_and_a_core_to_spare(
-        monkeypatch: pytest.MonkeyPatch, cores: int, executor: str, expected: float) -> None:
+        monkeypatch: pytest.MonkeyPatch, cores: int, workers: str, executor: str, expected: float) -> None:
     monkeypatch.setattr(runner, "default_threads", lambda: cores)
-    settings = Settings.build(cli={"model": MODEL, "executor": executor}, environ={})
+    settings = Settings.build(cli={"model": MODEL, "executor": executor, "workers": workers}, environ={})
     assert runner.busy_poll_window(settings) == expected
 
 
