@@ -410,31 +410,32 @@ def _lookup(
 
 
 def _check_recycling(values: dict[str, Any], sources: Mapping[str, str]) -> None:
-    """Worker recycling needs worker processes: with another executor, a flag asking for it is an error,
-    and the environment's values are left unused (images set a default bound from memoryInGB, whatever
+    """Worker recycling needs worker processes (images set a default bound from memoryInGB, whatever
     executor the inference config's variables choose). The jitter defaults to a tenth of the bound."""
-    names = ("worker_max_rss_mb", "worker_max_requests", "worker_max_requests_jitter")
-    given = [sources[name] for name in names if values[name] is not None and sources[name].startswith("--")]
-    if values["executor"] != "processes":
-        for name in names:
-            values[name] = None
-    if given and values["executor"] != "processes":
-        raise SettingsError(f"{' and '.join(given)}: replace scoring processes, which executor "
-                            f"{values['executor']!r} ({sources['executor']}) does not have; use the processes executor")
+    _processes_only(values, sources, ("worker_max_rss_mb", "worker_max_requests", "worker_max_requests_jitter"),
+                    "replace scoring processes")
     if values["worker_max_requests_jitter"] is None:
         values["worker_max_requests_jitter"] = (values["worker_max_requests"] or 0) // 10
 
 
 def _check_busy_poll(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     """Busy polling waits for scoring processes' answers: the other executors score on the event
-    loop's own process, where polling would hold the GIL that their scoring needs. With them, the
-    flag is an error and the environment's value is left unused."""
-    if values["executor"] == "processes" or values["busy_poll_us"] is None:
+    loop's own process, where polling would hold the GIL that their scoring needs."""
+    _processes_only(values, sources, ("busy_poll_us",), "polls for scoring processes' answers")
+
+
+def _processes_only(values: dict[str, Any], sources: Mapping[str, str], names: tuple[str, ...], does: str) -> None:
+    """Settings that only the processes executor has: with another executor, a flag giving one is an
+    error (SettingsError saying that it `does` what the executor lacks), and the environment's values
+    are left unused."""
+    if values["executor"] == "processes":
         return
-    if sources["busy_poll_us"].startswith("--"):
-        raise SettingsError(f"{sources['busy_poll_us']}: polls for scoring processes' answers, which executor "
-                            f"{values['executor']!r} ({sources['executor']}) does not have; use the processes executor")
-    values["busy_poll_us"] = None
+    given = [sources[name] for name in names if values[name] is not None and sources[name].startswith("--")]
+    if given:
+        raise SettingsError(f"{' and '.join(given)}: {does}, which executor {values['executor']!r} "
+                            f"({sources['executor']}) does not have; use the processes executor")
+    for name in names:
+        values[name] = None
 
 
 def _check_security(values: dict[str, Any], sources: Mapping[str, str]) -> None:
